@@ -74,6 +74,7 @@ _MIN_LENGTH = BATCH_OVERHEAD - LOG_OVERHEAD
 
 _ZSTD_C = zstandard.ZstdCompressor(level=3)
 _ZSTD_D = zstandard.ZstdDecompressor()
+_MAX_DECOMPRESSED_SIZE = 64 * 1024 * 1024  # a records section, once decompressed
 
 
 class BatchHeader(NamedTuple):
@@ -183,25 +184,57 @@ def decode_records(buf: bytes | bytearray | memoryview, pos: int = 0) -> list[Re
     h = read_header(buf, pos)
     body: bytes | memoryview = memoryview(buf)[pos + BATCH_OVERHEAD : pos + h.size]
     if h.codec == CODEC_ZSTD:
-        try:
-            body = _ZSTD_D.decompress(body)
-        except zstandard.ZstdError as exc:
-            raise CorruptRecordError(f"zstd: {exc}") from exc
+        body = _decompress(body)
     unpacker = msgpack.Unpacker(raw=False, use_list=True)
     unpacker.feed(body)
     base_offset, base_ts = h.base_offset, h.first_timestamp
     out = []
     try:
         for item in unpacker:
-            od, td, key, value, headers = item
-            out.append(
-                Record(base_offset + od, base_ts + td, key, value, [(k, v) for k, v in headers])
-            )
+            out.append(_record(item, base_offset, base_ts))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptRecordError(f"bad record: {exc}") from exc
     if len(out) != h.record_count:
         raise CorruptRecordError(f"batch says {h.record_count} records, found {len(out)}")
     return out
+
+
+def _decompress(body: bytes | memoryview) -> bytes:
+    # zstd preallocates the content size its frame header declares: check it first, or a
+    # 20-byte hostile batch asks for terabytes (MemoryError, not CorruptRecordError).
+    try:
+        size = zstandard.frame_content_size(body)
+        if size > _MAX_DECOMPRESSED_SIZE:
+            raise CorruptRecordError(f"zstd content of {size} bytes exceeds the limit")
+        data: bytes = _ZSTD_D.decompress(body)
+        return data
+    except zstandard.ZstdError as exc:
+        raise CorruptRecordError(f"zstd: {exc}") from exc
+
+
+def _record(item: object, base_offset: int, base_ts: int) -> Record:
+    """One record; anything but ``[int, int, bytes|nil, bytes|nil, [[str, bytes], ...]]``
+    is corrupt, so a consumer never sees a record of the wrong types."""
+    if type(item) is not list or len(item) != 5:
+        raise CorruptRecordError(f"record must be a 5-element array, got {type(item).__name__}")
+    od, td, key, value, headers = item
+    if type(od) is not int or type(td) is not int:
+        raise CorruptRecordError("record offset and timestamp deltas must be integers")
+    if not (key is None or type(key) is bytes) or not (value is None or type(value) is bytes):
+        raise CorruptRecordError("record key and value must be bytes or nil")
+    if type(headers) is not list:
+        raise CorruptRecordError("record headers must be an array")
+    pairs = []
+    for pair in headers:
+        if not (
+            type(pair) is list
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and type(pair[1]) is bytes
+        ):
+            raise CorruptRecordError("record header must be a [str, bytes] pair")
+        pairs.append((pair[0], pair[1]))
+    return Record(base_offset + od, base_ts + td, key, value, pairs)
 
 
 class BatchBuilder:
@@ -255,8 +288,8 @@ class BatchBuilder:
         """Add a record; returns its offset delta within the batch."""
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         if self.count == 0:
-            self._first_ts = ts
-        if ts > self._max_ts:
+            self._first_ts = self._max_ts = ts
+        elif ts > self._max_ts:
             self._max_ts = ts
         delta = self.count
         chunk = self._packer.pack(

@@ -284,6 +284,11 @@ class KafkaStorageError(BrokerResponseError):
     """The log directory failed (full disk, I/O error)."""
 
 
+@register(73, "TOPIC_DELETION_DISABLED")
+class TopicDeletionDisabledError(BrokerResponseError):
+    pass
+
+
 @register(74, "FENCED_LEADER_EPOCH", retriable=True)
 class FencedLeaderEpochError(BrokerResponseError):
     pass

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from proto.codec import FileRecords, Segment, encode_segments, from_wire, packb, to_wire, unpackb
 from proto.errors import RemoteProtocolError, UnsupportedVersionError
 
-
 LATEST_TIMESTAMP = -1
 EARLIEST_TIMESTAMP = -2
 CONSUMER_REPLICA_ID = -1
