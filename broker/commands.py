@@ -1,0 +1,239 @@
+"""CLI commands of the broker side: ``minibroker broker`` and ``minibroker cluster up``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from broker.config import (
+    DEFAULT_BROKER_PORT,
+    DEFAULT_COORDINATOR_PORT,
+    BrokerConfig,
+    parse_hostport,
+)
+from broker.logsetup import configure_logging
+from proto.errors import InvalidConfigurationError
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InvalidConfigurationError(f"--set expects name=value, got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> BrokerConfig:
+    host, port = parse_hostport(args.listen, DEFAULT_BROKER_PORT)
+    adv_host: str | None = None
+    adv_port: int | None = None
+    if args.advertise:
+        adv_host, adv_port = parse_hostport(args.advertise, port)
+    for hp in args.coordinator.split(","):
+        parse_hostport(hp, DEFAULT_COORDINATOR_PORT)
+    return BrokerConfig.from_settings(
+        args.id,
+        _settings(args.set or []),
+        listen_host=host,
+        listen_port=port,
+        advertised_host=adv_host,
+        advertised_port=adv_port,
+        coordinator=args.coordinator,
+        data_dir=args.data_dir,
+    )
+
+
+async def _run_until_signal(config: BrokerConfig) -> None:
+    from broker.server import serve
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    shutdown.set()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await serve(config, shutdown=shutdown)
+        nursery.cancel_scope.cancel()
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    config = config_from_args(args)
+    from broker.server import BrokerIdInUseError, SessionLostError
+
+    try:
+        trio.run(_run_until_signal, config)
+    except (SessionLostError, BrokerIdInUseError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- cluster up -------------------------------------------------------------------------
+
+
+def _wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes]) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InvalidConfigurationError(
+                f"process for {host}:{port} exited with code {proc.returncode}; see its log"
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise InvalidConfigurationError(f"nothing listens on {host}:{port} after waiting")
+
+
+def run_cluster_up(args: argparse.Namespace) -> int:
+    if args.coordinators != 1:
+        raise InvalidConfigurationError(
+            "only --coordinators 1 is available until the coordinator ensemble lands"
+        )
+    if args.brokers < 1:
+        raise InvalidConfigurationError("--brokers must be at least 1")
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1"
+    exe = [sys.executable, "-m", "broker.cli"]
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    log_dir = data / "logs"
+    log_dir.mkdir(exist_ok=True)
+    env = dict(os.environ)
+
+    def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        out.close()
+        procs.append((name, proc))
+        return proc
+
+    def stop_all() -> None:
+        for _name, proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, proc in reversed(procs):
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        cport = args.coordinator_port
+        coord = spawn(
+            "coordinator-1",
+            [
+                *exe,
+                "coordinator",
+                "--id",
+                "1",
+                "--listen",
+                f"{host}:{cport}",
+                "--data-dir",
+                str(data / "coordinator-1"),
+            ],
+        )
+        _wait_port(host, cport, time.monotonic() + 30, coord)
+        ports = [args.broker_port + i for i in range(args.brokers)]
+        for i, port in enumerate(ports, start=1):
+            argv = [
+                *exe,
+                "broker",
+                "--id",
+                str(i),
+                "--listen",
+                f"{host}:{port}",
+                "--coordinator",
+                f"{host}:{cport}",
+                "--data-dir",
+                str(data / f"broker-{i}"),
+            ]
+            for s in args.set or []:
+                argv += ["--set", s]
+            spawn(f"broker-{i}", argv)
+        for (_name, proc), port in zip(procs[1:], ports, strict=True):
+            _wait_port(host, port, time.monotonic() + 30, proc)
+        bootstrap = ",".join(f"{host}:{p}" for p in ports)
+        print(f"coordinator: {host}:{cport}")
+        print(f"bootstrap servers: {bootstrap}")
+        print(f"data: {data}  (logs in {log_dir})")
+        print("Ctrl-C stops the cluster.", flush=True)
+        while True:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping cluster", flush=True)
+        return 0
+    finally:
+        stop_all()
+
+
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("broker", help="run one broker")
+    p.add_argument("--id", type=int, required=True, help="broker id (unique in the cluster)")
+    p.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_BROKER_PORT}", metavar="HOST:PORT")
+    p.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="address clients should use (default: the listen address)",
+    )
+    p.add_argument(
+        "--coordinator",
+        default=f"127.0.0.1:{DEFAULT_COORDINATOR_PORT}",
+        metavar="HOST:PORT[,HOST:PORT...]",
+    )
+    p.add_argument("--data-dir", required=True, metavar="DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a setting by Kafka's name, e.g. log.segment.bytes=1048576",
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run_broker)
+
+    c = sub.add_parser("cluster", help="run a local cluster")
+    csub = c.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = csub.add_parser("up", help="start coordinator and brokers in the foreground")
+    up.add_argument("--brokers", type=int, default=3)
+    up.add_argument("--coordinators", type=int, default=1)
+    up.add_argument("--data-dir", default="./data")
+    up.add_argument(
+        "--broker-port",
+        type=int,
+        default=DEFAULT_BROKER_PORT,
+        help="port of broker 1; broker N listens on this + N - 1",
+    )
+    up.add_argument("--coordinator-port", type=int, default=DEFAULT_COORDINATOR_PORT)
+    up.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a broker setting passed to every broker",
+    )
+    up.set_defaults(func=run_cluster_up)

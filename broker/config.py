@@ -1,0 +1,118 @@
+"""Broker settings, by Kafka's names, validated once at start.
+
+``--set name=value`` on the command line feeds ``BrokerConfig.from_settings``. Broker-level
+log defaults (``log.segment.bytes``, ``log.retention.ms``, ...) go to the storage engine's
+``LogConfig.from_broker_props``; the rest are the broker's own (below). An unknown name or a
+bad value raises ``InvalidConfigurationError`` naming the setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from broker.log.config import BROKER_TO_TOPIC_CONFIG, LogConfig
+from proto.errors import InvalidConfigurationError
+from proto.framing import DEFAULT_MAX_FRAME_SIZE
+
+DEFAULT_BROKER_PORT = 9092
+DEFAULT_COORDINATOR_PORT = 2181
+
+
+def _int(name: str, value: str, lo: int, hi: int = 2**63 - 1) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidConfigurationError(f"{name}={value!r}: not an integer") from None
+    if not lo <= n <= hi:
+        raise InvalidConfigurationError(f"{name}={n}: must be between {lo} and {hi}")
+    return n
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise InvalidConfigurationError(f"{name}={value!r}: must be true or false")
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = text.strip(), str(default_port)
+    if not host:
+        raise InvalidConfigurationError(f"{text!r}: missing host")
+    try:
+        p = int(port)
+    except ValueError:
+        raise InvalidConfigurationError(f"{text!r}: port is not a number") from None
+    if not 0 <= p <= 65535:
+        raise InvalidConfigurationError(f"{text!r}: port out of range")
+    return host.strip("[]"), p
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    broker_id: int
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_BROKER_PORT
+    advertised_host: str | None = None
+    advertised_port: int | None = None
+    coordinator: str = f"127.0.0.1:{DEFAULT_COORDINATOR_PORT}"
+    data_dir: str = "./data"
+    rack: str | None = None
+    num_partitions: int = 1
+    default_replication_factor: int = 1
+    auto_create_topics_enable: bool = False
+    delete_topic_enable: bool = True
+    socket_request_max_bytes: int = DEFAULT_MAX_FRAME_SIZE
+    zookeeper_session_timeout_ms: int = 18_000
+    zookeeper_connection_timeout_ms: int = 18_000
+    log_retention_check_interval_ms: int = 300_000
+    log_flush_scheduler_interval_ms: int = 1_000
+    replica_fetch_wait_max_ms: int = 500
+    log: LogConfig = field(default_factory=LogConfig)
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(
+        cls, broker_id: int, settings: Mapping[str, str], **kw: object
+    ) -> BrokerConfig:
+        own: dict[str, object] = {}
+        log_props: dict[str, str] = {}
+        for name, value in settings.items():
+            if name in BROKER_TO_TOPIC_CONFIG:
+                log_props[name] = value
+            elif name == "num.partitions":
+                own["num_partitions"] = _int(name, value, 1, 100_000)
+            elif name == "default.replication.factor":
+                own["default_replication_factor"] = _int(name, value, 1, 1000)
+            elif name == "auto.create.topics.enable":
+                own["auto_create_topics_enable"] = _bool(name, value)
+            elif name == "delete.topic.enable":
+                own["delete_topic_enable"] = _bool(name, value)
+            elif name == "socket.request.max.bytes":
+                own["socket_request_max_bytes"] = _int(name, value, 1024, 2**31 - 1)
+            elif name == "zookeeper.session.timeout.ms":
+                own["zookeeper_session_timeout_ms"] = _int(name, value, 1000, 600_000)
+            elif name == "zookeeper.connection.timeout.ms":
+                own["zookeeper_connection_timeout_ms"] = _int(name, value, 100, 600_000)
+            elif name == "log.retention.check.interval.ms":
+                own["log_retention_check_interval_ms"] = _int(name, value, 1)
+            elif name == "log.flush.scheduler.interval.ms":
+                own["log_flush_scheduler_interval_ms"] = _int(name, value, 1)
+            elif name == "broker.rack":
+                own["rack"] = value
+            else:
+                raise InvalidConfigurationError(f"unknown broker setting {name!r}")
+        log = LogConfig.from_broker_props(log_props)
+        return cls(broker_id=broker_id, log=log, settings=dict(settings), **own, **kw)  # type: ignore[arg-type]
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        return (
+            self.advertised_host or self.listen_host,
+            self.advertised_port or self.listen_port,
+        )

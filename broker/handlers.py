@@ -1,0 +1,375 @@
+"""Request handling: one method per API, turning a typed request into a typed response.
+
+Per-partition failures become error codes in the response; only a bug escapes as an
+exception (the connection layer answers UNKNOWN_SERVER_ERROR and logs it). Produce and fetch
+touch record batches as opaque bytes: the log validates headers and CRCs and assigns
+offsets, fetch answers with file slices that the connection layer ``sendfile``s.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from broker import zk_layout as zl
+from broker.config import BrokerConfig
+from broker.log import Log, LogManager
+from broker.log.config import LogConfig
+from broker.metadata_cache import ClusterView, MetadataCache
+from broker.purgatory import FetchPurgatory
+from broker.topics import INTERNAL_TOPICS, assign_replicas, validate_topic_name
+from coordinator.client import CoordinatorClient, CreateOp, DeleteOp
+from proto import messages as m
+from proto.codec import FileRecords
+from proto.errors import (
+    BrokerResponseError,
+    InvalidRequiredAcksError,
+    LeaderNotAvailableError,
+    NodeExistsError,
+    NoNodeError,
+    NotLeaderForPartitionError,
+    TopicAlreadyExistsError,
+    TopicDeletionDisabledError,
+    UnknownTopicOrPartitionError,
+)
+
+log = structlog.get_logger("broker.handlers")
+
+Handler = Callable[[Any], Awaitable[m.Response | None]]
+
+
+def _error(exc: BrokerResponseError) -> tuple[int, str | None]:
+    return exc.code, exc.message
+
+
+class RequestHandler:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        logs: LogManager,
+        cache: MetadataCache,
+        zk: CoordinatorClient,
+        purgatory: FetchPurgatory,
+    ) -> None:
+        self.broker_id = config.broker_id
+        self.config = config
+        self.logs = logs
+        self.cache = cache
+        self.zk = zk
+        self.purgatory = purgatory
+        self._handlers: dict[type[m.Request], Handler] = {
+            m.ApiVersionsRequest: self.api_versions,
+            m.MetadataRequest: self.metadata,
+            m.ProduceRequest: self.produce,
+            m.FetchRequest: self.fetch,
+            m.ListOffsetsRequest: self.list_offsets,
+            m.CreateTopicsRequest: self.create_topics,
+            m.DeleteTopicsRequest: self.delete_topics,
+            m.DescribeConfigsRequest: self.describe_configs,
+        }
+
+    async def handle(self, request: m.Request) -> m.Response | None:
+        return await self._handlers[type(request)](request)
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _view_with(self, topics: list[str]) -> ClusterView:
+        """The current view, reloaded once if it lacks a topic (created a moment ago)."""
+        view = self.cache.view
+        if any(t not in view.topics for t in topics):
+            view = await self.cache.refresh_now()
+        return view
+
+    def _topic_config(self, config: dict[str, str]) -> LogConfig:
+        return LogConfig.from_props(config, self.config.log) if config else self.config.log
+
+    def _leader_log(self, view: ClusterView, topic: str, partition: int) -> Log:
+        """The local log of a partition this broker leads, or the error that says why not."""
+        info = view.partition(topic, partition)
+        if info is None:
+            raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
+        if info.state is None or info.state.leader < 0:
+            raise LeaderNotAvailableError(f"{topic}-{partition} has no leader")
+        if info.state.leader != self.broker_id:
+            raise NotLeaderForPartitionError(
+                f"broker {self.broker_id} is not the leader of {topic}-{partition} "
+                f"(leader: {info.state.leader})"
+            )
+        existing = self.logs.get_log(topic, partition)
+        if existing is not None:
+            return existing
+        return self.logs.get_or_create_log(
+            topic, partition, self._topic_config(view.topics[topic].config)
+        )
+
+    # --- ApiVersions / Metadata ---------------------------------------------------------
+
+    async def api_versions(self, _req: m.ApiVersionsRequest) -> m.ApiVersionsResponse:
+        return m.ApiVersionsResponse(
+            0,
+            [
+                m.ApiVersionRange(int(k), cls.MIN_VERSION, cls.MAX_VERSION)
+                for k, cls in sorted(m.REQUEST_TYPES.items())
+            ],
+        )
+
+    async def metadata(self, req: m.MetadataRequest) -> m.MetadataResponse:
+        view = await self._view_with(req.topics or [])
+        names = sorted(view.topics) if req.topics is None else req.topics
+        live = view.brokers
+        topics: list[m.TopicMetadata] = []
+        for name in names:
+            info = view.topics.get(name)
+            if info is None:
+                code = UnknownTopicOrPartitionError.code
+                topics.append(m.TopicMetadata(code, name, False, []))
+                continue
+            parts: list[m.PartitionMetadata] = []
+            for p, pinfo in sorted(info.partitions.items()):
+                state = pinfo.state
+                leader = state.leader if state is not None and state.leader in live else -1
+                code = 0 if leader >= 0 else LeaderNotAvailableError.code
+                parts.append(
+                    m.PartitionMetadata(
+                        code,
+                        p,
+                        leader,
+                        state.leader_epoch if state else -1,
+                        list(pinfo.replicas),
+                        [b for b in (state.isr if state else []) if b in live],
+                        [b for b in pinfo.replicas if b not in live],
+                    )
+                )
+            topics.append(m.TopicMetadata(0, name, name in INTERNAL_TOPICS, parts))
+        brokers = [
+            m.BrokerMetadata(b.broker_id, b.host, b.port, b.rack)
+            for b in sorted(live.values(), key=lambda b: b.broker_id)
+        ]
+        return m.MetadataResponse(brokers, view.cluster_id, -1, topics)
+
+    # --- Produce --------------------------------------------------------------------
+
+    async def produce(self, req: m.ProduceRequest) -> m.ProduceResponse | None:
+        view = await self._view_with([t.name for t in req.topics])
+        acks_ok = req.acks in (0, 1, -1)
+        out: list[m.ProduceTopicResponse] = []
+        for t in req.topics:
+            parts: list[m.ProducePartitionResponse] = []
+            for pd in t.partitions:
+                try:
+                    if not acks_ok:
+                        raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, not {req.acks}")
+                    plog = self._leader_log(view, t.name, pd.partition)
+                    # One replica until replication lands: acks=all is satisfied by the leader.
+                    info = plog.append(
+                        pd.records, leader_epoch=self._epoch(view, t.name, pd.partition)
+                    )
+                except BrokerResponseError as exc:
+                    code, msg = _error(exc)
+                    parts.append(m.ProducePartitionResponse(pd.partition, code, -1, -1, -1, msg))
+                    continue
+                self.purgatory.notify((t.name, pd.partition))
+                parts.append(
+                    m.ProducePartitionResponse(
+                        pd.partition,
+                        0,
+                        info.first_offset,
+                        info.log_append_time_ms,
+                        info.log_start_offset,
+                    )
+                )
+            out.append(m.ProduceTopicResponse(t.name, parts))
+        return None if req.acks == 0 else m.ProduceResponse(out)
+
+    @staticmethod
+    def _epoch(view: ClusterView, topic: str, partition: int) -> int:
+        info = view.partition(topic, partition)
+        return info.state.leader_epoch if info is not None and info.state is not None else 0
+
+    # --- Fetch ----------------------------------------------------------------------
+
+    def _read_all(
+        self, req: m.FetchRequest, view: ClusterView
+    ) -> tuple[m.FetchResponse, int, bool]:
+        budget = req.max_bytes
+        total = 0
+        errors = False
+        topics: list[m.FetchTopicResponse] = []
+        for t in req.topics:
+            parts: list[m.FetchPartitionResponse] = []
+            for fp in t.partitions:
+                try:
+                    plog = self._leader_log(view, t.name, fp.partition)
+                    limit = min(fp.partition_max_bytes, max(budget, 0))
+                    # Kafka's min-one-message: the first non-empty partition may exceed the budget.
+                    result = plog.read(fp.fetch_offset, limit if total else max(limit, 1))
+                except BrokerResponseError as exc:
+                    errors = True
+                    code, msg = _error(exc)
+                    parts.append(m.FetchPartitionResponse(fp.partition, code, -1, -1, -1, b"", msg))
+                    continue
+                records: bytes | FileRecords = b""
+                if result.records is not None and result.records.size > 0 and budget > 0:
+                    fr = result.records
+                    # Our own descriptor: the segment may be closed before the send finishes.
+                    records = FileRecords(os.dup(fr.fd), fr.position, fr.size)
+                    total += fr.size
+                    budget -= fr.size
+                hw = result.log_end_offset
+                parts.append(
+                    m.FetchPartitionResponse(
+                        fp.partition, 0, hw, hw, result.log_start_offset, records
+                    )
+                )
+            topics.append(m.FetchTopicResponse(t.name, parts))
+        return m.FetchResponse(0, topics), total, errors
+
+    async def fetch(self, req: m.FetchRequest) -> m.FetchResponse:
+        view = await self._view_with([t.name for t in req.topics])
+        deadline = trio.current_time() + max(req.max_wait_ms, 0) / 1000
+        keys = [(t.name, p.partition) for t in req.topics for p in t.partitions]
+        while True:
+            resp, total, errors = self._read_all(req, view)
+            remaining = deadline - trio.current_time()
+            if total >= max(req.min_bytes, 1) or errors or remaining <= 0 or not keys:
+                return resp
+            close_file_records(resp)
+            await self.purgatory.wait_any(keys, remaining)
+            view = self.cache.view
+
+    # --- ListOffsets ----------------------------------------------------------------
+
+    async def list_offsets(self, req: m.ListOffsetsRequest) -> m.ListOffsetsResponse:
+        view = await self._view_with([t.name for t in req.topics])
+        out: list[m.ListOffsetsTopicResponse] = []
+        for t in req.topics:
+            parts: list[m.ListOffsetsPartitionResponse] = []
+            for lp in t.partitions:
+                try:
+                    plog = self._leader_log(view, t.name, lp.partition)
+                except BrokerResponseError as exc:
+                    parts.append(m.ListOffsetsPartitionResponse(lp.partition, exc.code, -1, -1))
+                    continue
+                if lp.timestamp == m.EARLIEST_TIMESTAMP:
+                    ts, offset = -1, plog.log_start_offset
+                elif lp.timestamp == m.LATEST_TIMESTAMP:
+                    ts, offset = -1, plog.log_end_offset
+                else:
+                    found = plog.offset_for_timestamp(lp.timestamp)
+                    offset, ts = found if found is not None else (-1, -1)
+                parts.append(m.ListOffsetsPartitionResponse(lp.partition, 0, ts, offset))
+            out.append(m.ListOffsetsTopicResponse(t.name, parts))
+        return m.ListOffsetsResponse(out)
+
+    # --- CreateTopics / DeleteTopics / DescribeConfigs ------------------------------
+
+    async def create_topics(self, req: m.CreateTopicsRequest) -> m.CreateTopicsResponse:
+        view = await self.cache.refresh_now()
+        results: list[m.CreatableTopicResult] = []
+        for topic in req.topics:
+            try:
+                await self._create_topic(view, topic, req.validate_only)
+            except BrokerResponseError as exc:
+                results.append(m.CreatableTopicResult(topic.name, exc.code, exc.message))
+                continue
+            results.append(m.CreatableTopicResult(topic.name, 0))
+        if not req.validate_only:
+            await self.cache.refresh_now()
+        return m.CreateTopicsResponse(results)
+
+    async def _create_topic(
+        self, view: ClusterView, topic: m.CreatableTopic, validate_only: bool
+    ) -> None:
+        validate_topic_name(topic.name)
+        if topic.name in view.topics:
+            raise TopicAlreadyExistsError(f"topic {topic.name!r} already exists")
+        self._topic_config(topic.configs)  # raises InvalidConfigurationError
+        partitions = (
+            topic.num_partitions if topic.num_partitions != -1 else self.config.num_partitions
+        )
+        rf = (
+            topic.replication_factor
+            if topic.replication_factor != -1
+            else self.config.default_replication_factor
+        )
+        assignment = assign_replicas(list(view.brokers), partitions, rf)
+        if validate_only:
+            return
+        ops: list[CreateOp | DeleteOp] = [
+            CreateOp(zl.topic_config_path(topic.name), zl.encode_topic_config(topic.configs)),
+            CreateOp(
+                zl.topic_path(topic.name),
+                zl.TopicAssignment(uuid.uuid4().hex, assignment).encode(),
+            ),
+            CreateOp(zl.partitions_path(topic.name)),
+        ]
+        for p, replicas in assignment.items():
+            # Until replication exists only the leader holds the data, so it alone is in sync.
+            state = zl.PartitionState(leader=replicas[0], leader_epoch=0, isr=[replicas[0]])
+            ops.append(CreateOp(zl.partition_path(topic.name, p)))
+            ops.append(CreateOp(zl.partition_state_path(topic.name, p), state.encode()))
+        try:
+            await self.zk.multi(ops)
+        except NodeExistsError as exc:
+            raise TopicAlreadyExistsError(f"topic {topic.name!r} already exists") from exc
+        log.info("topic_created", topic=topic.name, partitions=partitions, replication_factor=rf)
+
+    async def delete_topics(self, req: m.DeleteTopicsRequest) -> m.DeleteTopicsResponse:
+        view = await self.cache.refresh_now()
+        results: list[m.DeletableTopicResult] = []
+        for name in req.topic_names:
+            try:
+                await self._delete_topic(view, name)
+            except BrokerResponseError as exc:
+                results.append(m.DeletableTopicResult(name, exc.code, exc.message))
+                continue
+            results.append(m.DeletableTopicResult(name, 0))
+        await self.cache.refresh_now()
+        return m.DeleteTopicsResponse(results)
+
+    async def _delete_topic(self, view: ClusterView, name: str) -> None:
+        if not self.config.delete_topic_enable:
+            raise TopicDeletionDisabledError("delete.topic.enable is false on this broker")
+        info = view.topics.get(name)
+        if info is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        ops: list[CreateOp | DeleteOp] = []
+        for p in info.partitions:
+            ops.append(DeleteOp(zl.partition_state_path(name, p)))
+            ops.append(DeleteOp(zl.partition_path(name, p)))
+        ops.append(DeleteOp(zl.partitions_path(name)))
+        ops.append(DeleteOp(zl.topic_path(name)))
+        ops.append(DeleteOp(zl.topic_config_path(name)))
+        try:
+            await self.zk.multi(ops)
+        except NoNodeError as exc:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist") from exc
+        log.info("topic_deleted", topic=name)
+
+    async def describe_configs(self, req: m.DescribeConfigsRequest) -> m.DescribeConfigsResponse:
+        view = await self._view_with(req.topics)
+        results: list[m.DescribeConfigsResult] = []
+        for name in req.topics:
+            info = view.topics.get(name)
+            if info is None:
+                err = UnknownTopicOrPartitionError.code
+                results.append(
+                    m.DescribeConfigsResult(name, err, {}, [], f"topic {name!r} does not exist")
+                )
+                continue
+            effective = self._topic_config(info.config).to_props()
+            results.append(m.DescribeConfigsResult(name, 0, effective, sorted(info.config)))
+        return m.DescribeConfigsResponse(results)
+
+
+def close_file_records(resp: m.FetchResponse) -> None:
+    """Close the descriptors a fetch response holds (after sending it, or when dropped)."""
+    for t in resp.topics:
+        for p in t.partitions:
+            if isinstance(p.records, FileRecords):
+                os.close(p.records.fd)

@@ -1,0 +1,277 @@
+"""The broker process: storage, coordinator session, metadata cache and the TCP server.
+
+``serve(config)`` follows hypercorn's trio shape: it binds (port 0 in tests), reports the
+bound address through ``task_status.started``, serves until ``shutdown`` is set (or it is
+cancelled), then stops accepting, closes its coordinator session (its ephemeral registration
+vanishes at once) and shuts the logs down cleanly (the clean-shutdown marker).
+
+Per connection: one loop reads bytes into the sans-IO ``ServerConnection`` and handles the
+requests one after another, as Kafka does, so produce requests pipelined on one connection
+are appended in the order they were sent. Fetch responses go out as msgpack prefixes plus
+``os.sendfile`` from the segment files: record bytes never pass through Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import time
+import uuid
+from pathlib import Path
+
+import structlog
+import trio
+
+from broker import zk_layout as zl
+from broker.config import BrokerConfig
+from broker.handlers import RequestHandler, close_file_records
+from broker.log import LogManager
+from broker.metadata_cache import ClusterView, MetadataCache
+from broker.purgatory import FetchPurgatory
+from coordinator.client import CoordinatorClient, SessionState, open_coordinator
+from coordinator.recipes import register_ephemeral
+from proto import messages as m
+from proto.codec import FileRecords
+from proto.connection import ServerConnection
+from proto.errors import NodeExistsError, RemoteProtocolError, UnknownServerError
+from proto.messages import UnsupportedRequest
+
+RECEIVE_SIZE = 256 * 1024
+_conn_ids = itertools.count(1)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BrokerIdInUseError(RuntimeError):
+    """Another live broker holds this broker id."""
+
+
+class SessionLostError(RuntimeError):
+    """The broker's coordinator session expired; a supervisor should restart it."""
+
+
+async def _sendfile(sock: trio.socket.SocketType, fr: FileRecords) -> None:
+    offset, remaining = fr.position, fr.size
+    while remaining:
+        try:
+            sent = os.sendfile(sock.fileno(), fr.fd, offset, remaining)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                raise trio.BrokenResourceError("peer closed during sendfile") from exc
+            raise
+        if sent == 0:
+            # The frame length is already on the wire; a short file cannot be papered over.
+            raise trio.BrokenResourceError("segment file shorter than promised")
+        offset += sent
+        remaining -= sent
+    await trio.lowlevel.checkpoint()
+
+
+class Broker:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        zk: CoordinatorClient,
+        logs: LogManager,
+        advertised: tuple[str, int],
+    ) -> None:
+        self.config = config
+        self.zk = zk
+        self.logs = logs
+        self.advertised = advertised
+        self.log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
+        self.purgatory = FetchPurgatory()
+        self.cache = MetadataCache(zk, self.reconcile)
+        self.handler = RequestHandler(config, logs, self.cache, zk, self.purgatory)
+        self.session_lost = trio.Event()
+
+    # --- coordinator ------------------------------------------------------------------
+
+    async def ensure_layout(self) -> None:
+        for path in zl.BASE_PATHS:
+            await self.zk.ensure_path(path)
+        with contextlib.suppress(NodeExistsError):
+            await self.zk.create(zl.CLUSTER_ID, uuid.uuid4().hex.encode())
+
+    async def register(self) -> None:
+        host, port = self.advertised
+        reg = zl.BrokerRegistration(self.config.broker_id, host, port, self.config.rack, _now_ms())
+        path = zl.broker_path(self.config.broker_id)
+        # A broker killed a moment ago leaves its ephemeral until its session expires: wait
+        # for that (one session timeout) instead of failing, and fail clearly after it.
+        patience = self.config.zookeeper_session_timeout_ms * 1.5 / 1000
+        with trio.move_on_after(patience):
+            while True:
+                try:
+                    await register_ephemeral(self.zk, path, reg.encode())
+                    self.log.info("broker_registered", host=host, port=port)
+                    return
+                except NodeExistsError:
+                    gone = trio.Event()
+                    watch = lambda _e, gone=gone: gone.set()  # noqa: E731
+                    if await self.zk.exists(path, watch=watch) is not None:
+                        self.log.warning("broker_id_registered_waiting", path=path)
+                        await gone.wait()
+        raise BrokerIdInUseError(
+            f"broker id {self.config.broker_id} is registered by another live broker ({path})"
+        )
+
+    def _on_session_state(self, state: SessionState) -> None:
+        self.log.info("coordinator_session", state=state.value)
+        if state is SessionState.LOST:
+            self.session_lost.set()
+        elif state is SessionState.CONNECTED:
+            self.cache.mark_dirty()
+
+    def reconcile(self, view: ClusterView) -> None:
+        """Make local logs match the assignment: create ours, delete deleted topics'."""
+        me = self.config.broker_id
+        for topic in view.topics.values():
+            config = self.handler._topic_config(topic.config)
+            for p, info in topic.partitions.items():
+                if me not in info.replicas:
+                    continue
+                existing = self.logs.get_log(topic.name, p)
+                if existing is None:
+                    self.logs.get_or_create_log(topic.name, p, config)
+                elif existing.config != config:
+                    existing.update_config(config)
+        for plog in self.logs.all_logs():
+            topic_info = view.topics.get(plog.topic)
+            if topic_info is None or plog.partition not in topic_info.partitions:
+                self.log.info("log_deleted", topic=plog.topic, partition=plog.partition)
+                self.logs.delete_log(plog.topic, plog.partition)
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        interval = self.config.log_flush_scheduler_interval_ms / 1000
+        while True:
+            await trio.sleep(interval)
+            self.logs.tick(_now_ms())
+
+    # --- connections ------------------------------------------------------------------
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        conn_log = self.log.bind(conn_id=next(_conn_ids))
+        conn = ServerConnection(self.config.socket_request_max_bytes)
+        try:
+            while True:
+                try:
+                    item = conn.next_request()
+                except UnsupportedRequest as exc:
+                    conn_log.warning("unsupported_request", error=str(exc))
+                    await stream.send_all(conn.send_error(exc.header.correlation_id, exc.code))
+                    return
+                if item is None:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                    continue
+                header, request = item
+                try:
+                    response = await self.handler.handle(request)
+                except Exception:
+                    conn_log.exception("request_failed", api_key=header.api_key)
+                    await stream.send_all(
+                        conn.send_error(header.correlation_id, UnknownServerError.code)
+                    )
+                    continue
+                if response is not None:
+                    await self._send(stream, conn, header, response)
+        except RemoteProtocolError as exc:
+            conn_log.warning("protocol_error", error=str(exc))
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _send(
+        self,
+        stream: trio.SocketStream,
+        conn: ServerConnection,
+        header: m.RequestHeader,
+        response: m.Response,
+    ) -> None:
+        if not isinstance(response, m.FetchResponse):
+            await stream.send_all(conn.send_response(header, response))
+            return
+        try:
+            segments = conn.send_response_segments(header, response)
+            pending = bytearray()
+            for seg in segments:
+                if isinstance(seg, FileRecords):
+                    if pending:
+                        await stream.send_all(pending)
+                        pending = bytearray()
+                    await _sendfile(stream.socket, seg)
+                else:
+                    pending += seg
+            if pending:
+                await stream.send_all(pending)
+        finally:
+            close_file_records(response)
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one broker until ``shutdown`` is set or the session is lost."""
+    log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = LogManager(data_dir, config.log)
+    logs.startup()
+    try:
+        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+        bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+        advertised = (
+            config.advertised_host or bound_host,
+            config.advertised_port or bound_port,
+        )
+        async with open_coordinator(
+            config.coordinator,
+            session_timeout_ms=config.zookeeper_session_timeout_ms,
+            connect_timeout_ms=config.zookeeper_connection_timeout_ms,
+        ) as zk:
+            broker = Broker(config, zk, logs, advertised)
+            zk.add_listener(broker._on_session_state)
+            async with trio.open_nursery() as nursery:
+                await broker.ensure_layout()
+                await nursery.start(broker.cache.run)
+                await broker.register()
+                await broker.cache.refresh_now()  # serve with our own registration in view
+                nursery.start_soon(broker.housekeeping)
+                await nursery.start(trio.serve_listeners, broker.handle_connection, listeners)
+                log.info(
+                    "broker_started", listen=f"{bound_host}:{bound_port}", data_dir=str(data_dir)
+                )
+                task_status.started((bound_host, bound_port))
+                stop = shutdown if shutdown is not None else trio.Event()
+                async with trio.open_nursery() as waiters:
+
+                    async def wait_and_cancel(event: trio.Event) -> None:
+                        await event.wait()
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(wait_and_cancel, stop)
+                    waiters.start_soon(wait_and_cancel, broker.session_lost)
+                nursery.cancel_scope.cancel()
+            if broker.session_lost.is_set():
+                log.error("coordinator_session_lost")
+                raise SessionLostError("coordinator session expired; the broker stops")
+    finally:
+        logs.shutdown()
+        log.info("broker_stopped")

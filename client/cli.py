@@ -1,0 +1,405 @@
+"""CLI tools built on the client: topics, produce, consume and perf (Kafka's tool flags).
+
+Every command takes ``--bootstrap-server`` (default ``$MINIBROKER_BOOTSTRAP``, else
+127.0.0.1:9092). A failure a user can cause prints one line and exits non-zero
+(``broker.cli.main`` turns a ``MinibrokerError`` into that line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from client import Admin, Consumer, NewTopic, Producer, TopicPartition
+from proto.errors import InvalidConfigurationError
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return str(args.bootstrap_server or os.environ.get("MINIBROKER_BOOTSTRAP") or DEFAULT_BOOTSTRAP)
+
+
+def _configs(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise InvalidConfigurationError(f"--config expects name=value, got {pair!r}")
+        out[name] = value
+    return out
+
+
+# --- topics -----------------------------------------------------------------------------
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    with Admin(bootstrap_servers=_bootstrap(args)) as admin:
+        if args.action == "create":
+            admin.create_topics(
+                [
+                    NewTopic(
+                        args.name,
+                        args.partitions,
+                        args.replication_factor,
+                        topic_configs=_configs(args.config),
+                    )
+                ]
+            )
+            print(f"Created topic {args.name}.")
+        elif args.action == "list":
+            for name in sorted(admin.list_topics()):
+                print(name)
+        elif args.action == "delete":
+            admin.delete_topics([args.name])
+            print(f"Deleted topic {args.name}.")
+        else:
+            names = [args.name] if args.name else None
+            descriptions = admin.describe_topics(names)
+            configs = admin.describe_configs([d.name for d in descriptions]) if descriptions else {}
+            console = Console()
+            for d in descriptions:
+                overrides = ",".join(f"{k}={v}" for k, v in sorted(configs.get(d.name, {}).items()))
+                console.print(
+                    f"Topic: {d.name}\tPartitionCount: {len(d.partitions)}\t"
+                    f"ReplicationFactor: {len(d.partitions[0].replicas) if d.partitions else 0}",
+                    highlight=False,
+                )
+                table = Table("Partition", "Leader", "Replicas", "Isr", box=None)
+                for p in d.partitions:
+                    table.add_row(
+                        str(p.partition),
+                        str(p.leader),
+                        ",".join(map(str, p.replicas)),
+                        ",".join(map(str, p.isr)),
+                    )
+                console.print(table)
+                if overrides and args.name:
+                    console.print(f"Configs: {overrides}", highlight=False)
+    return 0
+
+
+# --- produce / consume ----------------------------------------------------------------
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    sep: str | None = args.key_separator
+    sent = 0
+    with Producer(
+        bootstrap_servers=_bootstrap(args), acks=args.acks, linger_ms=args.linger_ms
+    ) as p:
+        futures = []
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            key: bytes | None = None
+            value = line
+            if sep is not None:
+                if sep not in line:
+                    raise InvalidConfigurationError(
+                        f"line {sent + 1} has no key separator {sep!r}: {line!r}"
+                    )
+                k, value = line.split(sep, 1)
+                key = k.encode()
+            futures.append(p.send(args.topic, value=value.encode(), key=key))
+            sent += 1
+        p.flush()
+        for fut in futures:
+            fut.get()
+    print(f"Produced {sent} record(s) to {args.topic}.", file=sys.stderr)
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    timeout_ms = args.timeout_ms if args.timeout_ms is not None else float("inf")
+    consumer = Consumer(
+        bootstrap_servers=_bootstrap(args),
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        consumer_timeout_ms=timeout_ms,
+    )
+    count = 0
+    try:
+        partitions = consumer.partitions_for_topic(args.topic)
+        if partitions is None:
+            from proto.errors import UnknownTopicOrPartitionError
+
+            raise UnknownTopicOrPartitionError(f"topic {args.topic!r} does not exist")
+        chosen = [args.partition] if args.partition is not None else sorted(partitions)
+        tps = [TopicPartition(args.topic, p) for p in chosen]
+        consumer.assign(tps)
+        if args.from_beginning:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek_to_end(*tps)
+        out = sys.stdout
+        for rec in consumer:
+            value = rec.value.decode(errors="replace") if rec.value is not None else "null"
+            if args.print_key:
+                key = rec.key.decode(errors="replace") if rec.key is not None else "null"
+                out.write(f"{key}\t{value}\n")
+            else:
+                out.write(value + "\n")
+            count += 1
+            if args.max_messages is not None and count >= args.max_messages:
+                break
+        out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    print(f"Processed a total of {count} messages", file=sys.stderr)
+    return 0
+
+
+# --- perf -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        yield (progress, progress.add_task(label, total=total))
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    idx = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return sorted_values[idx]
+
+
+def perf_produce(
+    bootstrap: str,
+    topic: str,
+    num_records: int,
+    record_size: int,
+    *,
+    acks: int | str = 1,
+    compression: str | None = None,
+    batch_size: int | None = None,
+    linger_ms: int = 5,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Kafka's ProducerPerformance: send records, sample latencies, summarise."""
+    if num_records < 1 or record_size < 1:
+        raise InvalidConfigurationError("--num-records and --record-size must be positive")
+    payload = os.urandom(record_size)
+    # Kafka samples at most 500,000 latencies: every `sampling`-th record gets a callback.
+    sampling = max(1, num_records // 500_000)
+    latencies: list[float] = []
+    kwargs: dict[str, Any] = {"acks": acks, "linger_ms": linger_ms, "compression_type": compression}
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    with Producer(bootstrap_servers=bootstrap, **kwargs) as producer:
+        producer.partitions_for(topic)  # fail fast on an unknown topic, warm metadata
+        send = producer.send
+        perf_counter = time.perf_counter
+        with _progress(num_records, "producing", show_progress) as bar:
+            step = max(1, num_records // 200)
+            start = perf_counter()
+            for i in range(num_records):
+                fut = send(topic, payload)
+                if i % sampling == 0:
+                    sent_at = perf_counter()
+
+                    def on_done(_md: Any, sent_at: float = sent_at) -> None:
+                        latencies.append((perf_counter() - sent_at) * 1000)
+
+                    fut.add_callback(on_done)
+                if bar is not None and i % step == 0:
+                    bar[0].update(bar[1], completed=i)
+            producer.flush()
+            elapsed = perf_counter() - start
+    latencies.sort()
+    rps = num_records / elapsed
+    return {
+        "records": num_records,
+        "record_size": record_size,
+        "elapsed_s": round(elapsed, 3),
+        "records_per_sec": round(rps, 1),
+        "mb_per_sec": round(rps * record_size / (1024 * 1024), 2),
+        "latency_ms_avg": round(sum(latencies) / len(latencies), 2) if latencies else 0.0,
+        "latency_ms_max": round(latencies[-1], 2) if latencies else 0.0,
+        "latency_ms_p50": round(_percentile(latencies, 0.50), 2),
+        "latency_ms_p95": round(_percentile(latencies, 0.95), 2),
+        "latency_ms_p99": round(_percentile(latencies, 0.99), 2),
+        "latency_ms_p999": round(_percentile(latencies, 0.999), 2),
+    }
+
+
+def perf_consume(
+    bootstrap: str,
+    topic: str,
+    messages: int,
+    *,
+    show_progress: bool = False,
+    timeout_ms: int = 30_000,
+) -> dict[str, Any]:
+    """Kafka's ConsumerPerformance: read ``messages`` records from the beginning."""
+    consumer = Consumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            from proto.errors import UnknownTopicOrPartitionError
+
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        count = 0
+        nbytes = 0
+        with _progress(messages, "consuming", show_progress) as bar:
+            start = time.perf_counter()
+            last_data = start
+            while count < messages:
+                batch = consumer.poll(timeout_ms=500, max_records=100_000)
+                now = time.perf_counter()
+                if not batch:
+                    if (now - last_data) * 1000 > timeout_ms:
+                        break
+                    continue
+                last_data = now
+                for records in batch.values():
+                    count += len(records)
+                    for r in records:
+                        nbytes += len(r.value) if r.value is not None else 0
+                if bar is not None:
+                    bar[0].update(bar[1], completed=min(count, messages))
+            elapsed = time.perf_counter() - start
+    finally:
+        consumer.close()
+    rps = count / elapsed if elapsed > 0 else 0.0
+    return {
+        "records": count,
+        "elapsed_s": round(elapsed, 3),
+        "records_per_sec": round(rps, 1),
+        "mb_per_sec": round(nbytes / elapsed / (1024 * 1024), 2) if elapsed > 0 else 0.0,
+        "bytes": nbytes,
+    }
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    show = not args.json and sys.stderr.isatty()
+    if args.perf_action == "produce":
+        acks: int | str = "all" if args.acks in ("all", "-1") else int(args.acks)
+        r = perf_produce(
+            _bootstrap(args),
+            args.topic,
+            args.num_records,
+            args.record_size,
+            acks=acks,
+            compression=args.compression,
+            batch_size=args.batch_size,
+            linger_ms=args.linger_ms,
+            show_progress=show,
+        )
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(
+                f"{r['records']} records sent, {r['records_per_sec']:.1f} records/sec "
+                f"({r['mb_per_sec']:.2f} MB/sec), {r['latency_ms_avg']:.2f} ms avg latency, "
+                f"{r['latency_ms_max']:.2f} ms max latency, {r['latency_ms_p50']:.0f} ms 50th, "
+                f"{r['latency_ms_p95']:.0f} ms 95th, {r['latency_ms_p99']:.0f} ms 99th, "
+                f"{r['latency_ms_p999']:.0f} ms 99.9th."
+            )
+        return 0
+    r = perf_consume(_bootstrap(args), args.topic, args.messages, show_progress=show)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(
+            f"{r['records']} records consumed, {r['records_per_sec']:.1f} records/sec "
+            f"({r['mb_per_sec']:.2f} MB/sec) in {r['elapsed_s']:.2f} s."
+        )
+    return 0 if r["records"] >= args.messages else 1
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+def _add_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap-server",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT]",
+        help=f"default: $MINIBROKER_BOOTSTRAP or {DEFAULT_BOOTSTRAP}",
+    )
+
+
+def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    topics = sub.add_parser("topics", help="create, list, describe and delete topics")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="create a topic")
+    create.add_argument("name")
+    create.add_argument(
+        "--partitions", type=int, default=-1, help="default: the broker's num.partitions"
+    )
+    create.add_argument("--replication-factor", type=int, default=-1)
+    create.add_argument("--config", action="append", metavar="NAME=VALUE")
+    listing = tsub.add_parser("list", help="list topic names")
+    describe = tsub.add_parser("describe", help="partitions, leaders, replicas, ISR")
+    describe.add_argument("name", nargs="?")
+    delete = tsub.add_parser("delete", help="delete a topic")
+    delete.add_argument("name")
+    for p in (create, listing, describe, delete):
+        _add_bootstrap(p)
+        p.set_defaults(func=cmd_topics)
+
+    produce = sub.add_parser("produce", help="send stdin lines as records")
+    produce.add_argument("topic")
+    produce.add_argument("--key-separator", default=None, metavar="SEP")
+    produce.add_argument("--acks", default="1", choices=["0", "1", "all", "-1"])
+    produce.add_argument("--linger-ms", type=int, default=5)
+    _add_bootstrap(produce)
+    produce.set_defaults(func=cmd_produce)
+
+    consume = sub.add_parser("consume", help="print records")
+    consume.add_argument("topic")
+    consume.add_argument("--partition", type=int, default=None)
+    consume.add_argument("--from-beginning", action="store_true")
+    consume.add_argument("--max-messages", type=int, default=None)
+    consume.add_argument(
+        "--timeout-ms", type=int, default=None, help="stop after this long without records"
+    )
+    consume.add_argument("--print-key", action="store_true")
+    _add_bootstrap(consume)
+    consume.set_defaults(func=cmd_consume)
+
+    perf = sub.add_parser("perf", help="producer and consumer performance tests")
+    psub = perf.add_subparsers(dest="perf_action", required=True, metavar="ACTION")
+    pp = psub.add_parser("produce", help="like kafka-producer-perf-test")
+    pp.add_argument("--topic", required=True)
+    pp.add_argument("--num-records", type=int, required=True)
+    pp.add_argument("--record-size", type=int, required=True)
+    pp.add_argument("--acks", default="1", choices=["0", "1", "all", "-1"])
+    pp.add_argument("--compression", default=None, choices=["zstd"])
+    pp.add_argument("--batch-size", type=int, default=None)
+    pp.add_argument("--linger-ms", type=int, default=5)
+    pp.add_argument("--json", action="store_true")
+    pc = psub.add_parser("consume", help="like kafka-consumer-perf-test")
+    pc.add_argument("--topic", required=True)
+    pc.add_argument("--messages", type=int, required=True)
+    pc.add_argument("--json", action="store_true")
+    for p in (pp, pc):
+        _add_bootstrap(p)
+        p.set_defaults(func=cmd_perf)
