@@ -111,16 +111,21 @@ def fetch(offset: int, max_wait_ms: int = 0, partition: int = 0) -> m.FetchReque
     )
 
 
-def first_partition(resp: m.Response) -> m.ProducePartitionResponse | m.FetchPartitionResponse:
-    assert isinstance(resp, m.ProduceResponse | m.FetchResponse)
+def produced(resp: m.Response) -> m.ProducePartitionResponse:
+    assert isinstance(resp, m.ProduceResponse)
+    return resp.topics[0].partitions[0]
+
+
+def fetched(resp: m.Response) -> m.FetchPartitionResponse:
+    assert isinstance(resp, m.FetchResponse)
     return resp.topics[0].partitions[0]
 
 
 async def test_produce_then_fetch_assigns_contiguous_offsets(wire: Wire) -> None:
-    r1 = first_partition(await wire.call(produce(batch(b"a", b"b", b"c"))))
-    r2 = first_partition(await wire.call(produce(batch(b"d"))))
-    assert (r1.error_code, r1.base_offset, r2.base_offset) == (0, 0, 3)  # type: ignore[union-attr]
-    f = first_partition(await wire.call(fetch(0)))
+    r1 = produced(await wire.call(produce(batch(b"a", b"b", b"c"))))
+    r2 = produced(await wire.call(produce(batch(b"d"))))
+    assert (r1.error_code, r1.base_offset, r2.base_offset) == (0, 0, 3)
+    f = fetched(await wire.call(fetch(0)))
     assert isinstance(f, m.FetchPartitionResponse) and f.high_watermark == 4
     assert isinstance(f.records, bytes)
     assert [(r.offset, r.value) for r in records_of(f.records)] == [
@@ -132,20 +137,20 @@ async def test_produce_then_fetch_assigns_contiguous_offsets(wire: Wire) -> None
 
 
 async def test_partition_errors_keep_the_connection(wire: Wire) -> None:
-    bad_acks = first_partition(await wire.call(produce(batch(b"x"), acks=2)))
+    bad_acks = produced(await wire.call(produce(batch(b"x"), acks=2)))
     assert bad_acks.error_code == InvalidRequiredAcksError.code
     corrupt = bytearray(batch(b"x"))
     corrupt[-1] ^= 0xFF
-    bad_crc = first_partition(await wire.call(produce(bytes(corrupt))))
+    bad_crc = produced(await wire.call(produce(bytes(corrupt))))
     assert bad_crc.error_code == CorruptRecordError.code
-    unknown = first_partition(await wire.call(produce(batch(b"x"), topic="nope")))
+    unknown = produced(await wire.call(produce(batch(b"x"), topic="nope")))
     assert unknown.error_code == UnknownTopicOrPartitionError.code
-    no_partition = first_partition(await wire.call(produce(batch(b"x"), partition=7)))
+    no_partition = produced(await wire.call(produce(batch(b"x"), partition=7)))
     assert no_partition.error_code == UnknownTopicOrPartitionError.code
-    out_of_range = first_partition(await wire.call(fetch(99)))
+    out_of_range = fetched(await wire.call(fetch(99)))
     assert out_of_range.error_code == OffsetOutOfRangeError.code
-    ok = first_partition(await wire.call(produce(batch(b"x"))))
-    assert ok.error_code == 0 and ok.base_offset == 0  # type: ignore[union-attr]
+    ok = produced(await wire.call(produce(batch(b"x"))))
+    assert ok.error_code == 0 and ok.base_offset == 0
 
 
 async def test_acks_0_gets_no_response(wire: Wire) -> None:
@@ -154,13 +159,13 @@ async def test_acks_0_gets_no_response(wire: Wire) -> None:
     # The next response on the connection is the metadata answer: nothing was sent for acks=0.
     resp = await wire.call(m.MetadataRequest(["t"]))
     assert isinstance(resp, m.MetadataResponse)
-    f = first_partition(await wire.call(fetch(0)))
+    f = fetched(await wire.call(fetch(0)))
     assert isinstance(f, m.FetchPartitionResponse) and f.high_watermark == 2
 
 
 async def test_fetch_long_polls_until_max_wait(wire: Wire, autojump_clock: trio.abc.Clock) -> None:
     start = trio.current_time()
-    f = first_partition(await wire.call(fetch(0, max_wait_ms=500)))
+    f = fetched(await wire.call(fetch(0, max_wait_ms=500)))
     assert f.error_code == 0 and f.records == b""
     assert trio.current_time() - start == pytest.approx(0.5, abs=0.05)
 
@@ -178,7 +183,7 @@ async def test_fetch_wakes_when_data_arrives(wire: Wire, autojump_clock: trio.ab
         n.start_soon(long_poll)
         await trio.testing.wait_all_tasks_blocked()
         await producer.call(produce(batch(b"wake up")))
-    f = first_partition(result[0])
+    f = fetched(result[0])
     assert isinstance(f.records, bytes) and len(list(iter_batches(f.records))) == 1
     assert trio.current_time() - start < 30
     await producer_stream.aclose()
