@@ -1,0 +1,59 @@
+"""The coordinator's configuration: one validated, frozen value. Durations in ms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_PORT", "CoordinatorConfig"]
+
+DEFAULT_PORT = 2181
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """ZooKeeper's zoo.cfg, the parts a standalone server needs.
+
+    ``min_session_timeout_ms`` / ``max_session_timeout_ms`` default to 2 and 20 ticks;
+    ``snapshot_count`` txns between snapshots; ``force_sync`` False skips fsync (tests of
+    slow disks only, never production).
+    """
+
+    id: int = 1
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path("coordinator-data")
+    tick_time_ms: int = 2000
+    min_session_timeout_ms: int | None = None
+    max_session_timeout_ms: int | None = None
+    snapshot_count: int = 10_000
+    snap_retain_count: int = 3
+    max_data_bytes: int = MiB
+    max_frame_bytes: int = 16 * MiB
+    force_sync: bool = True
+    shutdown_grace_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id < 128:
+            raise ValueError("id must be in [0, 128): it is the top byte of session ids")
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be in [0, 65535]")
+        if self.tick_time_ms <= 0:
+            raise ValueError("tick_time_ms must be positive")
+        if self.min_timeout_ms > self.max_timeout_ms:
+            raise ValueError("min_session_timeout_ms exceeds max_session_timeout_ms")
+        if self.snapshot_count <= 0 or self.snap_retain_count <= 0:
+            raise ValueError("snapshot_count and snap_retain_count must be positive")
+        if self.max_data_bytes <= 0 or self.max_frame_bytes < self.max_data_bytes:
+            raise ValueError("max_frame_bytes must hold at least max_data_bytes")
+
+    @property
+    def min_timeout_ms(self) -> int:
+        v = self.min_session_timeout_ms
+        return 2 * self.tick_time_ms if v is None else v
+
+    @property
+    def max_timeout_ms(self) -> int:
+        v = self.max_session_timeout_ms
+        return 20 * self.tick_time_ms if v is None else v
