@@ -1,0 +1,425 @@
+"""The async producer and its sender task: the real implementation behind both APIs.
+
+``AsyncProducer.send`` appends to the accumulator (see client.accumulator) and returns a
+``FutureRecordMetadata``. The ``Sender`` task drains ready batches per broker into one
+ProduceRequest (many partitions, several batches each), with up to
+``max_in_flight_requests_per_connection`` requests pipelined per broker; retriable errors
+put the batches back in front of their partition's queue after a metadata refresh.
+The blocking ``client.sync.Producer`` shares this object but appends from its own thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from client.accumulator import FutureRecordMetadata, ProducerBatch, RecordAccumulator
+from client.cluster import Cluster
+from client.config import RECORD_OVERHEAD, ProducerConfig
+from client.errors import (
+    BrokerResponseError,
+    ClientError,
+    IllegalStateError,
+    MessageSizeTooLargeError,
+    MinibrokerError,
+    TimeoutExpiredError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from client.lifecycle import BackgroundTasks
+from client.partitioner import keyed_partition
+from client.types import TopicPartition
+from proto.messages import (
+    ProducePartitionData,
+    ProduceRequest,
+    ProduceResponse,
+    ProduceTopicData,
+)
+
+__all__ = ["AsyncProducer"]
+
+log = structlog.get_logger("client.producer")
+
+
+class Sender:
+    """Drains the accumulator into ProduceRequests; one instance per producer."""
+
+    def __init__(self, producer: AsyncProducer) -> None:
+        self._p = producer
+        self._acc = producer.accumulator
+        self._lock = producer.lock
+        self._config = producer.config
+        self._in_flight: dict[int, int] = {}
+        self._wake = trio.Event()
+        self.wake_scheduled = False  # a thread-side wake-up is queued (blocking producer)
+        self.stopped = trio.Event()
+
+    def wake(self) -> None:
+        self.wake_scheduled = False
+        self._wake.set()
+
+    async def run(self, cluster: Cluster, nursery: trio.Nursery) -> None:
+        acc, lock, cfg = self._acc, self._lock, self._config
+        try:
+            while True:
+                self._wake = trio.Event()
+                cluster.refresh_if_stale()
+                now = acc.clock()
+                with lock:
+                    by_node, delay, no_leader = acc.ready(now, cluster.leader_for)
+                if no_leader:
+                    cluster.request_update()
+                    self._expire(no_leader, now)
+                    delay = min(delay, cfg.connection.retry_backoff_ms / 1000)
+                for node, tps in by_node.items():
+                    if self._in_flight.get(node, 0) >= cfg.max_in_flight_requests_per_connection:
+                        continue
+                    with lock:
+                        batches = acc.drain(tps, cfg.max_request_size)
+                    if batches:
+                        self._in_flight[node] = self._in_flight.get(node, 0) + 1
+                        nursery.start_soon(self._send, cluster, node, batches)
+                with lock:
+                    idle = acc.is_empty() and not any(self._in_flight.values())
+                if acc.closing and idle:
+                    return
+                with trio.move_on_after(delay if delay != math.inf else 3600):
+                    await self._wake.wait()
+        finally:
+            self.stopped.set()
+
+    def _expire(self, tps: list[TopicPartition], now: float) -> None:
+        limit = now - self._config.delivery_timeout_ms / 1000
+        with self._lock:
+            expired = [b for tp in tps for b in self._acc.expire(tp, limit)]
+        for b in expired:
+            self._fail(
+                b,
+                TimeoutExpiredError(
+                    f"{b.tp} has had no leader for {self._config.delivery_timeout_ms} ms"
+                ),
+            )
+
+    async def _send(self, cluster: Cluster, node: int, batches: list[ProducerBatch]) -> None:
+        cfg = self._config
+        by_tp: dict[TopicPartition, list[ProducerBatch]] = {}
+        for b in batches:
+            if b.payload is None:
+                b.payload = b.builder.build()
+            b.attempts += 1
+            by_tp.setdefault(b.tp, []).append(b)
+        topics: dict[str, list[ProducePartitionData]] = {}
+        for tp, bs in by_tp.items():
+            payload = bs[0].payload if len(bs) == 1 else b"".join(b.payload or b"" for b in bs)
+            assert payload is not None
+            topics.setdefault(tp.topic, []).append(ProducePartitionData(tp.partition, payload))
+        request = ProduceRequest(
+            cfg.acks,
+            cfg.connection.request_timeout_ms,
+            [ProduceTopicData(t, parts) for t, parts in topics.items()],
+        )
+        try:
+            conn = await cluster.connection(node)
+            if cfg.acks == 0:
+                await conn.send_oneway(request)
+                for bs in by_tp.values():
+                    for b in bs:
+                        self._succeed(b, -1, -1)
+                return
+            response = await conn.request(request)
+            assert isinstance(response, ProduceResponse)
+        except (ClientError, BrokerResponseError) as exc:
+            # Connection-level or request-level failure: every batch shares it.
+            cluster.request_update()
+            for bs in by_tp.values():
+                self._retry_or_fail(bs, exc)
+            return
+        finally:
+            self._in_flight[node] -= 1
+            self.wake()
+        answered: set[TopicPartition] = set()
+        for t in response.topics:
+            for pr in t.partitions:
+                tp = TopicPartition(t.name, pr.partition)
+                bs = by_tp.get(tp, [])
+                if not bs:
+                    continue
+                answered.add(tp)
+                if pr.error_code == 0:
+                    base = pr.base_offset
+                    for b in bs:
+                        self._succeed(b, base, pr.log_append_time_ms)
+                        base += b.record_count
+                else:
+                    err = for_code(pr.error_code)(pr.error_message or f"producing to {tp}")
+                    if err.retriable:
+                        cluster.request_update()
+                    self._retry_or_fail(bs, err)
+        for tp, bs in by_tp.items():
+            if tp not in answered:
+                self._retry_or_fail(bs, MinibrokerError(f"no produce result for {tp}"))
+
+    def _retry_or_fail(self, batches: list[ProducerBatch], error: BaseException) -> None:
+        retriable = getattr(error, "retriable", False)
+        if retriable and batches[0].attempts <= self._config.retries and not self._acc.closing:
+            log.info(
+                "produce_retry",
+                topic=batches[0].tp.topic,
+                partition=batches[0].tp.partition,
+                attempt=batches[0].attempts,
+                error=str(error),
+            )
+            retry_at = self._acc.clock() + self._config.connection.retry_backoff_ms / 1000
+            with self._lock:
+                self._acc.requeue(batches, retry_at)
+            return
+        for b in batches:
+            self._fail(b, error)
+
+    def _succeed(self, batch: ProducerBatch, base_offset: int, log_append_time: int) -> None:
+        with self._lock:
+            self._acc.finished(batch)
+        batch.result.complete(base_offset, log_append_time)
+        self._p.memory_freed()
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        with self._lock:
+            self._acc.finished(batch)
+        batch.result.complete(-1, -1, error)
+        self._p.memory_freed()
+
+
+class AsyncProducer:
+    """Publishes records to minibroker. ``async with AsyncProducer(...) as p:``.
+
+    Settings follow kafka-python's names; see ``ProducerConfig.build`` for defaults.
+    """
+
+    def __init__(self, bootstrap_servers: str | Sequence[str] = "localhost:9092", **configs: Any):
+        blocking = bool(configs.pop("_blocking", False))
+        self.config = ProducerConfig.build(bootstrap_servers, **configs)
+        self.lock = threading.Lock()
+        self.memory_cond = threading.Condition(self.lock)
+        self.accumulator = RecordAccumulator(
+            batch_size=self.config.batch_size,
+            linger_ms=self.config.linger_ms,
+            codec=self.config.codec,
+            buffer_memory=self.config.buffer_memory,
+            lock=self.lock,
+            blocking=blocking,
+            clock=time.monotonic if blocking else trio.current_time,
+        )
+        # topic -> (number of partitions, partitions with a leader); read without the lock.
+        self.topics: dict[str, tuple[int, list[int]]] = {}
+        self.sender = Sender(self)
+        self._memory_event: trio.Event | None = None
+        self._blocking = blocking
+        # The keyless fast path needs no serializer and a value that surely fits.
+        self.fast_path = self.config.key_serializer is None and self.config.value_serializer is None
+        self.max_fast_value = self.config.max_request_size - RECORD_OVERHEAD
+        self._cluster: Cluster | None = None
+        self._tasks = BackgroundTasks()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Bootstrap (raises NoBrokersAvailableError) and start the sender task."""
+        nursery = self._nursery = await self._tasks.open()
+        try:
+            self._cluster = Cluster(self.config.connection, nursery)
+            self._cluster.listeners.append(self._metadata_updated)
+            await self._cluster.refresh()
+        except BaseException:
+            await self._tasks.close()
+            raise
+        nursery.start_soon(self.sender.run, self._cluster, nursery)
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            raise IllegalStateError("producer not started: use 'async with' or start()")
+        return self._cluster
+
+    def _metadata_updated(self) -> None:
+        cluster = self.cluster
+        for topic in cluster.wanted:
+            parts = cluster.partitions.get(topic)
+            if parts is not None:
+                self.topics[topic] = (len(parts), cluster.available_partitions(topic))
+            else:
+                self.topics.pop(topic, None)
+        self.sender.wake()
+
+    async def topic_metadata(self, topic: str) -> tuple[int, list[int]]:
+        await self.cluster.partitions_for(topic)
+        self._metadata_updated()
+        return self.topics[topic]
+
+    # --- sending ------------------------------------------------------------------------
+
+    def prepare(
+        self, topic: str, value: Any, key: Any, headers: Any, timestamp_ms: int | None
+    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]:
+        if self._closed or self.accumulator.closing:
+            raise IllegalStateError("send() after close()")
+        cfg = self.config
+        if cfg.key_serializer is not None and key is not None:
+            key = cfg.key_serializer(key)
+        if cfg.value_serializer is not None and value is not None:
+            value = cfg.value_serializer(value)
+        if not (value is None or type(value) is bytes) or not (key is None or type(key) is bytes):
+            raise TypeError("key and value must be bytes or None (or set a serializer)")
+        size = (len(value) if value else 0) + (len(key) if key else 0) + RECORD_OVERHEAD
+        if headers:
+            headers = [(str(k), bytes(v)) for k, v in headers]
+            size += sum(len(k) + len(v) for k, v in headers)
+        if size > cfg.max_request_size:
+            raise MessageSizeTooLargeError(
+                f"record of ~{size} bytes exceeds max_request_size {cfg.max_request_size}"
+            )
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        return key, value, headers or [], ts
+
+    def choose_partition(
+        self, topic: str, meta: tuple[int, list[int]], key: bytes | None, partition: int | None
+    ) -> tuple[TopicPartition, bool]:
+        """The record's partition, and whether the sticky partitioner chose it."""
+        num, available = meta
+        acc = self.accumulator
+        if partition is not None:
+            if not 0 <= partition < num:
+                raise UnknownTopicOrPartitionError(f"{topic} has no partition {partition}")
+            return acc.topic_partition(topic, partition), False
+        if key is not None:
+            return acc.topic_partition(topic, keyed_partition(key, num)), False
+        return acc.topic_partition(topic, acc.sticky.current(topic, num, available)), True
+
+    async def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Queue a record; ``await`` the returned future for its RecordMetadata."""
+        acc = self.accumulator
+        if (
+            self.fast_path
+            and key is None
+            and partition is None
+            and not headers
+            and type(value) is bytes
+            and len(value) <= self.max_fast_value
+        ):
+            ts = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+            fut = acc.try_append_sticky(topic, value, ts)
+            if fut is not None:
+                if acc.wake_pending:
+                    acc.wake_pending = False
+                    self.sender.wake()
+                return fut
+        kb, vb, hdrs, ts = self.prepare(topic, value, key, headers, timestamp_ms)
+        meta = self.topics.get(topic)
+        if meta is None:
+            meta = await self.topic_metadata(topic)
+        tp, sticky = self.choose_partition(topic, meta, kb, partition)
+        if acc.memory_full(tp):
+            with trio.fail_after(self.config.max_block_ms / 1000):
+                while acc.memory_full(tp):
+                    event = self._memory_event
+                    if event is None or event.is_set():
+                        event = self._memory_event = trio.Event()
+                    await event.wait()
+            tp, sticky = self.choose_partition(topic, meta, kb, partition)
+        fut, wake = acc.append(tp, vb, kb, hdrs, ts, sticky)
+        if wake:
+            self.sender.wake()
+        return fut
+
+    async def send_and_wait(self, topic: str, value: Any = None, **kwargs: Any) -> Any:
+        fut = await self.send(topic, value, **kwargs)
+        return await fut
+
+    def memory_freed(self) -> None:
+        """Called by the sender whenever a batch completes."""
+        if self._blocking:
+            with self.memory_cond:
+                self.memory_cond.notify_all()
+        elif self._memory_event is not None:
+            self._memory_event.set()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Send everything buffered now and wait for it (``timeout`` in seconds)."""
+        acc = self.accumulator
+        with self.lock:
+            results = list(acc.incomplete)
+            acc.flushing += 1
+        self.sender.wake()
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                for r in results:
+                    await r.wait()
+                return
+            raise TimeoutExpiredError(f"flush did not complete within {timeout} s")
+        finally:
+            with self.lock:
+                acc.flushing -= 1
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        num, _ = await self.topic_metadata(topic)
+        return set(range(num))
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout`` s), then stop; unsent records fail with IllegalStateError."""
+        if self._closed:
+            return
+        self._closed = True
+        self.fast_path = False
+        if self._nursery is None:
+            return
+        deadline = trio.current_time() + (math.inf if timeout is None else timeout)
+        try:
+            try:
+                await self.flush(timeout)
+            except TimeoutExpiredError:
+                log.warning("close_timed_out", timeout=timeout)
+            with self.lock:
+                self.accumulator.closing = True
+                aborted = self.accumulator.abort_all()
+            for b in aborted:
+                self.sender._fail(
+                    b, IllegalStateError("producer closed before the record was sent")
+                )
+            self.sender.wake()
+            with trio.move_on_at(deadline):
+                await self.sender.stopped.wait()
+        finally:
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            try:
+                await self.cluster.aclose()
+            finally:
+                await self._tasks.close()
+                # Requests still in flight were cancelled: their records never resolve.
+                with self.lock:
+                    stranded = list(self.accumulator.incomplete)
+                    self.accumulator.incomplete.clear()
+                for result in stranded:
+                    result.complete(-1, -1, IllegalStateError("producer closed while in flight"))
