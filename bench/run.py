@@ -101,7 +101,7 @@ def main() -> None:
     )
     Console().print(table)
     mem = {k: v for k, v in results.items() if k.startswith("broker_rss")}
-    Console().print("broker RSS (MiB): " + ", ".join(f"{k[16:]}={v}" for k, v in mem.items()))
+    Console().print("broker RSS (MiB): " + ", ".join(f"{k[15:]}={v}" for k, v in mem.items()))
     print(json.dumps(results))
 
 

@@ -11,6 +11,7 @@ one and order per partition is preserved. No I/O and no trio calls happen here.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ class ProduceResult:
         "_lock",
         "_sync_event",
         "base_offset",
+        "completed_at",
         "done",
         "error",
         "log_append_time",
@@ -52,6 +54,7 @@ class ProduceResult:
         self.log_append_time = -1
         self.error: BaseException | None = None
         self.done = False
+        self.completed_at: float | None = None
         self._lock = lock
         self._callbacks: list[Callback] | None = []
         self._sync_event = threading.Event() if blocking else None
@@ -63,6 +66,7 @@ class ProduceResult:
         self.base_offset = base_offset
         self.log_append_time = log_append_time
         self.error = error
+        self.completed_at = time.perf_counter()
         with self._lock:
             self.done = True
             callbacks, self._callbacks = self._callbacks, None
@@ -110,6 +114,11 @@ class FutureRecordMetadata(tuple[ProduceResult, int, int]):
 
     def failed(self) -> bool:
         return self[0].done and self[0].error is not None
+
+    @property
+    def completed_at(self) -> float | None:
+        """``time.perf_counter()`` when the batch was answered (latency measurement)."""
+        return self[0].completed_at
 
     @property
     def exception(self) -> BaseException | None:

@@ -213,22 +213,22 @@ def perf_produce(
         producer.partitions_for(topic)  # fail fast on an unknown topic, warm metadata
         send = producer.send
         perf_counter = time.perf_counter
+        # Latency is measured without callbacks: each batch records when it was answered.
+        samples: list[tuple[Any, float]] = []
         with _progress(num_records, "producing", show_progress) as bar:
             step = max(1, num_records // 200)
             start = perf_counter()
             for i in range(num_records):
                 fut = send(topic, payload)
                 if i % sampling == 0:
-                    sent_at = perf_counter()
-
-                    def on_done(_md: Any, sent_at: float = sent_at) -> None:
-                        latencies.append((perf_counter() - sent_at) * 1000)
-
-                    fut.add_callback(on_done)
+                    samples.append((fut, perf_counter()))
                 if bar is not None and i % step == 0:
                     bar[0].update(bar[1], completed=i)
             producer.flush()
             elapsed = perf_counter() - start
+    for fut, sent_at in samples:
+        fut.get()  # raises the send's error, if any
+        latencies.append((fut.completed_at - sent_at) * 1000)
     latencies.sort()
     rps = num_records / elapsed
     return {

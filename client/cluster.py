@@ -13,7 +13,6 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from client.conn import BrokerConnection
@@ -25,6 +24,7 @@ from client.errors import (
     NoBrokersAvailableError,
     UnknownTopicOrPartitionError,
 )
+from client.logs import get_logger
 from client.types import TopicPartition
 from proto.messages import (
     BrokerMetadata,
@@ -37,7 +37,7 @@ from proto.messages import (
 
 __all__ = ["Cluster", "ConnectionConfig", "parse_bootstrap"]
 
-log = structlog.get_logger("client.cluster")
+log = get_logger("client.cluster")
 
 Address = tuple[str, int]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from typing import TypeVar
 
-import structlog
 import trio
 
+from client.logs import get_logger
 from proto.connection import ClientConnection
 from proto.errors import (
     ConnectionFailedError,
@@ -26,7 +26,7 @@ from proto.messages import Request, Response
 
 __all__ = ["BrokerConnection"]
 
-log = structlog.get_logger("client.conn")
+log = get_logger("client.conn")
 
 R = TypeVar("R", bound=Response)
 

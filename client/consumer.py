@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import structlog
 import trio
 
 from client.cluster import Cluster
@@ -32,6 +31,7 @@ from client.errors import (
 )
 from client.fetcher import CompletedFetch, PartitionState, scan_batches
 from client.lifecycle import BackgroundTasks
+from client.logs import get_logger
 from client.types import ConsumerRecord, OffsetAndTimestamp, TopicPartition
 from proto.messages import (
     EARLIEST_TIMESTAMP,
@@ -48,7 +48,7 @@ from proto.messages import (
 
 __all__ = ["AsyncConsumer"]
 
-log = structlog.get_logger("client.consumer")
+log = get_logger("client.consumer")
 
 _PREFETCH = 2  # completed fetches buffered per partition: the one being read + one ahead
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
 import trio
 
 from client.accumulator import FutureRecordMetadata, ProducerBatch, RecordAccumulator
@@ -33,6 +32,7 @@ from client.errors import (
     for_code,
 )
 from client.lifecycle import BackgroundTasks
+from client.logs import get_logger
 from client.partitioner import keyed_partition
 from client.types import TopicPartition
 from proto.messages import (
@@ -44,7 +44,7 @@ from proto.messages import (
 
 __all__ = ["AsyncProducer"]
 
-log = structlog.get_logger("client.producer")
+log = get_logger("client.producer")
 
 
 class Sender:

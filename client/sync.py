@@ -16,13 +16,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-import structlog
 import trio
 
 from client.accumulator import FutureRecordMetadata
 from client.admin import AsyncAdmin
 from client.consumer import AsyncConsumer
 from client.errors import IllegalStateError, TimeoutExpiredError
+from client.logs import get_logger
 from client.producer import AsyncProducer
 from client.types import (
     ClusterDescription,
@@ -35,7 +35,7 @@ from client.types import (
 
 __all__ = ["Admin", "Consumer", "Producer"]
 
-log = structlog.get_logger("client.sync")
+log = get_logger("client.sync")
 
 T = TypeVar("T")
 
