@@ -179,11 +179,21 @@ def run_cluster_up(args: argparse.Namespace) -> int:
         print(f"bootstrap servers: {bootstrap}")
         print(f"data: {data}  (logs in {log_dir})")
         print("Ctrl-C stops the cluster.", flush=True)
+        # A process that dies (or is killed on purpose) is reported, not restarted: the
+        # rest of the cluster keeps running, as a real one would.
+        reported: set[str] = set()
         while True:
             for name, proc in procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
-                    return 1
+                if proc.poll() is not None and name not in reported:
+                    reported.add(name)
+                    print(
+                        f"{name} exited with code {proc.returncode}; the rest keep running. "
+                        f"Restart it with: {' '.join(proc.args)}",  # type: ignore[arg-type]
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if len(reported) == len(procs):
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping cluster", flush=True)

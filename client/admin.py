@@ -177,11 +177,16 @@ class AsyncAdmin:
             ],
         )
 
-    async def describe_configs(self, topics: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Effective configs per topic (broker defaults overlaid by the topic's overrides)."""
+    async def describe_configs(
+        self, topics: Sequence[str], *, overrides_only: bool = False
+    ) -> dict[str, dict[str, str]]:
+        """Effective configs per topic (broker defaults overlaid by the topic's overrides);
+        with ``overrides_only`` just the ones the topic sets itself."""
         response = await self.cluster.request_any(DescribeConfigsRequest(list(topics)))
         assert isinstance(response, DescribeConfigsResponse)
         _raise_first(
             ((r.name, r.error_code, r.error_message) for r in response.results), "describe configs"
         )
+        if overrides_only:
+            return {r.name: {k: r.configs[k] for k in r.overrides} for r in response.results}
         return {r.name: dict(r.configs) for r in response.results}

@@ -66,7 +66,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
         else:
             names = [args.name] if args.name else None
             descriptions = admin.describe_topics(names)
-            configs = admin.describe_configs([d.name for d in descriptions]) if descriptions else {}
+            names = [d.name for d in descriptions]
+            configs = admin.describe_configs(names, overrides_only=True) if names else {}
             console = Console()
             for d in descriptions:
                 overrides = ",".join(f"{k}={v}" for k, v in sorted(configs.get(d.name, {}).items()))
@@ -84,7 +85,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
                         ",".join(map(str, p.isr)),
                     )
                 console.print(table)
-                if overrides and args.name:
+                if overrides:
                     console.print(f"Configs: {overrides}", highlight=False)
     return 0
 

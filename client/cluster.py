@@ -228,7 +228,8 @@ class Cluster:
                 return await conn.request(request)
             except ConnectionFailedError as exc:
                 last = exc
-        raise NoBrokersAvailableError(f"no broker answered among {self._candidates()}") from last
+        tried = ",".join(f"{h}:{p}" for h, p in self._candidates())
+        raise NoBrokersAvailableError(f"no broker answered at {tried}") from last
 
     async def request_node(self, node_id: int, request: Request) -> Response:
         conn = await self.connection(node_id)

@@ -9,6 +9,7 @@ when a batch is created or fills up, never per record.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -371,8 +372,13 @@ class Admin:
     def describe_cluster(self) -> ClusterDescription:
         return self._loop.run(self._aa.describe_cluster)
 
-    def describe_configs(self, topics: Sequence[str]) -> dict[str, dict[str, str]]:
-        return self._loop.run(self._aa.describe_configs, list(topics))
+    def describe_configs(
+        self, topics: Sequence[str], *, overrides_only: bool = False
+    ) -> dict[str, dict[str, str]]:
+        return self._loop.run(
+            functools.partial(self._aa.describe_configs, overrides_only=overrides_only),
+            list(topics),
+        )
 
     def close(self) -> None:
         self._loop.close(self._aa.close)
