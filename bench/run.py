@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--record-size", type=int, default=100)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="produce rounds (memory growth check)")
+    ap.add_argument("--rounds", type=int, default=2, help="produce rounds per API (memory check)")
+    ap.add_argument("--bulk", type=int, default=10_000, help="records per send_many call")
     ap.add_argument("--compression", default=None, choices=["zstd"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -48,8 +49,10 @@ def main() -> None:
                 admin.create_topics([NewTopic("bench", args.partitions, 1)])
             results["broker_rss_mib_start"] = round(rss_mib(pid), 1)
             produce_runs = []
-            for i in range(args.rounds):
-                console.print(f"produce round {i + 1}/{args.rounds} ...")
+            rounds = [(api, i) for api in (0, args.bulk) for i in range(args.rounds)]
+            for n, (bulk, i) in enumerate(rounds, start=1):
+                api = f"send_many({bulk})" if bulk else "send()"
+                console.print(f"produce with {api}, round {i + 1}/{args.rounds} ...")
                 produce_runs.append(
                     perf_produce(
                         cluster.bootstrap,
@@ -58,13 +61,14 @@ def main() -> None:
                         args.record_size,
                         acks=1,
                         compression=args.compression,
+                        bulk=bulk,
                         show_progress=console.is_terminal,
                     )
                 )
-                results[f"broker_rss_mib_after_round_{i + 1}"] = round(rss_mib(pid), 1)
+                results[f"broker_rss_mib_after_round_{n}"] = round(rss_mib(pid), 1)
             results["produce"] = produce_runs
             console.print("consume ...")
-            total = args.records * args.rounds
+            total = args.records * len(rounds)
             results["consume"] = perf_consume(
                 cluster.bootstrap, "bench", total, show_progress=console.is_terminal
             )
@@ -83,7 +87,7 @@ def main() -> None:
     table.add_column("max ms", justify="right")
     for i, r in enumerate(results["produce"], start=1):
         table.add_row(
-            f"produce #{i} ({r['records']:,})",
+            f"produce #{i} {r['api']} ({r['records']:,})",
             f"{r['records_per_sec']:,.0f}",
             f"{r['mb_per_sec']:.1f}",
             f"{r['latency_ms_p50']:.1f}",

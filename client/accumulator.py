@@ -10,11 +10,12 @@ one and order per partition is preserved. No I/O and no trio calls happen here.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, overload
 
 import trio
 
@@ -23,7 +24,13 @@ from client.partitioner import StickyPartitioner
 from client.types import RecordMetadata, TopicPartition
 from proto.batch import BatchBuilder
 
-__all__ = ["FutureRecordMetadata", "ProduceResult", "ProducerBatch", "RecordAccumulator"]
+__all__ = [
+    "FutureRecordMetadata",
+    "ProduceResult",
+    "ProducerBatch",
+    "RecordAccumulator",
+    "RecordFutures",
+]
 
 Callback = tuple[bool, Callable[..., Any], tuple[Any, ...], "FutureRecordMetadata"]
 
@@ -175,6 +182,79 @@ class FutureRecordMetadata(tuple[ProduceResult, int, int]):
 
 _new_future = tuple.__new__
 
+# msgpack framing of one record besides its key and value: array header, offset and
+# timestamp deltas, nil markers, the bin header and the empty headers array.
+RECORD_SIZE_ESTIMATE = 24
+
+
+class RecordFutures(Sequence[FutureRecordMetadata]):
+    """The futures of one ``send_many`` call, in order, made on demand.
+
+    Holds one entry per batch the records went into, so a million records cost a few
+    thousand objects until someone indexes or iterates.
+    """
+
+    __slots__ = ("_count", "_firsts", "_segments", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._segments: list[tuple[ProduceResult, int]] = []
+        self._firsts: list[int] = []
+        self._count = 0
+
+    def add(self, result: ProduceResult, first_delta: int, count: int, timestamp: int) -> None:
+        self._starts.append(self._count)
+        self._segments.append((result, timestamp))
+        self._firsts.append(first_delta)
+        self._count += count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _at(self, i: int) -> FutureRecordMetadata:
+        seg = bisect.bisect_right(self._starts, i) - 1
+        result, timestamp = self._segments[seg]
+        delta = self._firsts[seg] + i - self._starts[seg]
+        return _new_future(FutureRecordMetadata, (result, delta, timestamp))
+
+    @overload
+    def __getitem__(self, index: int) -> FutureRecordMetadata: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[FutureRecordMetadata]: ...
+
+    def __getitem__(self, index: int | slice) -> FutureRecordMetadata | list[FutureRecordMetadata]:
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("RecordFutures index out of range")
+        return self._at(index)
+
+    def __iter__(self) -> Iterator[FutureRecordMetadata]:
+        for (result, timestamp), first, start, end in zip(
+            self._segments,
+            self._firsts,
+            self._starts,
+            [*self._starts[1:], self._count],
+            strict=True,
+        ):
+            for delta in range(first, first + end - start):
+                yield _new_future(FutureRecordMetadata, (result, delta, timestamp))
+
+    def get(self, timeout: float | None = None) -> list[RecordMetadata]:
+        """Wait for every record (blocking producers) and return their metadata."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for result, _ts in self._segments:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not result.done and not result.wait_blocking(left):
+                raise TimeoutExpiredError(f"records not acknowledged within {timeout} s")
+        return [f.get() for f in self]
+
+    def __repr__(self) -> str:
+        return f"<RecordFutures {self._count} records in {len(self._segments)} batches>"
+
 
 class ProducerBatch:
     __slots__ = ("attempts", "builder", "created", "payload", "result", "tp")
@@ -277,18 +357,7 @@ class RecordAccumulator:
         ``sticky``: the partition was chosen by the sticky partitioner, so its open batch
         becomes the topic's fast-path batch.
         """
-        batch = self.open.get(tp)
-        wake = False
-        if batch is None:
-            result = ProduceResult(tp, self.lock, self.blocking)
-            batch = self.open[tp] = ProducerBatch(
-                tp, BatchBuilder(self.codec), result, self.clock()
-            )
-            self.incomplete.add(result)
-            self.buffered_bytes += self.batch_size
-            wake = True  # first record of a linger period
-        if sticky:
-            self.sticky_open[tp.topic] = batch
+        batch, wake = self._open_batch(tp, sticky)
         builder = batch.builder
         fut: FutureRecordMetadata = _new_future(
             FutureRecordMetadata,
@@ -298,6 +367,49 @@ class RecordAccumulator:
             self._seal(batch)
             wake = True
         return fut, wake
+
+    def append_many(
+        self,
+        tp: TopicPartition,
+        values: Sequence[bytes | None],
+        start: int,
+        key: bytes | None,
+        timestamp: int,
+        max_value_size: int,
+        sticky: bool = False,
+    ) -> tuple[ProduceResult, int, int, bool]:
+        """Add as many of ``values[start:]`` as fit ``tp``'s open batch (at least one).
+
+        Returns the batch's result, the offset delta of the first record added, how many
+        were added, and whether to wake the sender. ``max_value_size`` bounds the record
+        size estimate, so a batch stays near batch_size even when values differ in size.
+        """
+        batch, wake = self._open_batch(tp, sticky)
+        builder = batch.builder
+        per_record = max_value_size + (len(key) if key else 0) + RECORD_SIZE_ESTIMATE
+        left = len(values) - start
+        n = max(1, min(left, (self.batch_size - builder.size) // per_record))
+        first = builder.append_values(values[start : start + n], timestamp, key)
+        if builder.size >= self.batch_size or n < left:
+            self._seal(batch)
+            wake = True
+        return batch.result, first, n, wake
+
+    def _open_batch(self, tp: TopicPartition, sticky: bool) -> tuple[ProducerBatch, bool]:
+        """``tp``'s open batch, created if needed (then True: a linger period starts)."""
+        batch = self.open.get(tp)
+        created = False
+        if batch is None:
+            result = ProduceResult(tp, self.lock, self.blocking)
+            batch = self.open[tp] = ProducerBatch(
+                tp, BatchBuilder(self.codec), result, self.clock()
+            )
+            self.incomplete.add(result)
+            self.buffered_bytes += self.batch_size
+            created = True
+        if sticky:
+            self.sticky_open[tp.topic] = batch
+        return batch, created
 
     def _seal(self, batch: ProducerBatch) -> None:
         tp = batch.tp

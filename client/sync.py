@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from client.accumulator import FutureRecordMetadata
+from client.accumulator import FutureRecordMetadata, RecordFutures
 from client.admin import AsyncAdmin
 from client.consumer import AsyncConsumer
 from client.errors import IllegalStateError, TimeoutExpiredError
@@ -216,6 +216,58 @@ class Producer:
         if wake:
             self._loop.token.run_sync_soon(sender.wake)
         return fut
+
+    def send_many(
+        self,
+        topic: str,
+        values: Sequence[Any],
+        *,
+        key: Any = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFutures:
+        """Queue one record per value, all with the same key (or none), partition choice
+        and timestamp; returns one future per record, in order.
+
+        The bulk path: records are packed into batches a batch at a time, so the cost per
+        record is a fraction of ``send()``'s. Keyless values follow the sticky partitioner
+        (one partition per batch), a key sends them all to that key's partition.
+        """
+        ap = self._ap
+        vals, kb, ts, largest = ap.prepare_many(values, key, timestamp_ms)
+        meta = ap.topics.get(topic)
+        if meta is None:
+            meta = self._loop.run(ap.topic_metadata, topic)
+        acc = ap.accumulator
+        sender = ap.sender
+        futures = RecordFutures()
+        done = 0
+        while done < len(vals):
+            with ap.lock:
+                tp, sticky = ap.choose_partition(topic, meta, kb, partition)
+                if acc.memory_full(tp):
+                    deadline = time.monotonic() + self._max_block
+                    while acc.memory_full(tp):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutExpiredError(
+                                f"buffer_memory stayed full for {ap.config.max_block_ms} ms"
+                            )
+                        ap.memory_cond.wait(remaining)
+                    continue
+                result, first, taken, wake = acc.append_many(
+                    tp, vals, done, kb, ts, largest, sticky
+                )
+                futures.add(result, first, taken, ts)
+                if wake:
+                    if sender.wake_scheduled:
+                        wake = False
+                    else:
+                        sender.wake_scheduled = True
+            done += taken
+            if wake:
+                self._loop.token.run_sync_soon(sender.wake)
+        return futures
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered and wait for it (``timeout`` in seconds)."""

@@ -300,6 +300,28 @@ class BatchBuilder:
         self.size += len(chunk)
         return delta
 
+    def append_values(
+        self, values: Sequence[bytes | None], timestamp_ms: int, key: bytes | None = None
+    ) -> int:
+        """Add one record per value, all with ``key`` and ``timestamp_ms``, packed in one
+        msgpack call. Returns the offset delta of the first."""
+        first = self.count
+        n = len(values)
+        if not n:
+            return first
+        if first == 0:
+            self._first_ts = self._max_ts = timestamp_ms
+        elif timestamp_ms > self._max_ts:
+            self._max_ts = timestamp_ms
+        td = timestamp_ms - self._first_ts
+        packed = self._packer.pack([[d, td, key, v, ()] for d, v in enumerate(values, first)])
+        # One msgpack array of n records is its header followed by the n records.
+        chunk = packed[1 if n < 16 else 3 if n < 0x10000 else 5 :]
+        self._chunks.append(chunk)
+        self.count += n
+        self.size += len(chunk)
+        return first
+
     def build(self) -> bytes:
         if not self.count:
             raise ValueError("cannot build an empty batch")
