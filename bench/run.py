@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client import Admin, NewTopic
-from client.cli import perf_consume, perf_produce
+from client.cli import gc_threshold, perf_consume, perf_produce
 from tests.integration.cluster import LocalCluster
 
 
@@ -53,8 +53,8 @@ def main() -> None:
             for n, (bulk, i) in enumerate(rounds, start=1):
                 api = f"send_many({bulk})" if bulk else "send()"
                 console.print(f"produce with {api}, round {i + 1}/{args.rounds} ...")
-                produce_runs.append(
-                    perf_produce(
+                with gc_threshold(tuned=True):
+                    run = perf_produce(
                         cluster.bootstrap,
                         "bench",
                         args.records,
@@ -64,12 +64,17 @@ def main() -> None:
                         bulk=bulk,
                         show_progress=console.is_terminal,
                     )
-                )
+                produce_runs.append(run)
                 results[f"broker_rss_mib_after_round_{n}"] = round(rss_mib(pid), 1)
             results["produce"] = produce_runs
             console.print("consume ...")
             total = args.records * len(rounds)
-            results["consume"] = perf_consume(
+            with gc_threshold(tuned=True):
+                results["consume"] = perf_consume(
+                    cluster.bootstrap, "bench", total, show_progress=console.is_terminal
+                )
+            console.print("consume again with CPython's default GC threshold ...")
+            results["consume_default_gc"] = perf_consume(
                 cluster.bootstrap, "bench", total, show_progress=console.is_terminal
             )
             results["broker_rss_mib_after_consume"] = round(rss_mib(pid), 1)
@@ -94,15 +99,16 @@ def main() -> None:
             f"{r['latency_ms_p99']:.1f}",
             f"{r['latency_ms_max']:.1f}",
         )
-    c = results["consume"]
-    table.add_row(
-        f"consume ({c['records']:,})",
-        f"{c['records_per_sec']:,.0f}",
-        f"{c['mb_per_sec']:.1f}",
-        "",
-        "",
-        "",
-    )
+    for label, key in (("consume", "consume"), ("consume, default GC", "consume_default_gc")):
+        c = results[key]
+        table.add_row(
+            f"{label} ({c['records']:,})",
+            f"{c['records_per_sec']:,.0f}",
+            f"{c['mb_per_sec']:.1f}",
+            "",
+            "",
+            "",
+        )
     Console().print(table)
     mem = {k: v for k, v in results.items() if k.startswith("broker_rss")}
     Console().print("broker RSS (MiB): " + ", ".join(f"{k[15:]}={v}" for k, v in mem.items()))
