@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kafka.partitioner.default import murmur2 as kafka_murmur2  # type: ignore[import-untyped]
 
 from client.partitioner import StickyPartitioner, keyed_partition, murmur2
 
@@ -58,3 +61,9 @@ def test_sticky_prefers_available_partitions() -> None:
         sticky.batch_sealed("t", p)
     # with nothing available it still picks some partition
     assert 0 <= StickyPartitioner().current("u", 3, []) < 3
+
+
+@given(st.binary(max_size=300))
+def test_murmur2_agrees_with_kafka_python(key: bytes) -> None:
+    # kafka-python ports the Java client's murmur2 (unsigned result); ours is Java's signed.
+    assert murmur2(key) & 0xFFFFFFFF == kafka_murmur2(key)
