@@ -29,6 +29,40 @@ DEFAULT_BATCH_SIZE = 16384
 RECORD_OVERHEAD = 32  # msgpack framing of one record, roughly
 
 
+def _check_positive_ints(values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if type(value) is not int or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
+
+
+def _check_non_negative(values: dict[str, Any]) -> None:
+    for name, num in values.items():
+        if not isinstance(num, int | float) or isinstance(num, bool) or num < 0:
+            raise ConfigurationError(f"{name} must be a non-negative number, not {num!r}")
+
+
+def _check_callables(values: dict[str, Any]) -> None:
+    for name, fn in values.items():
+        if fn is not None and not callable(fn):
+            raise ConfigurationError(f"{name} must be callable")
+
+
+def _connection(
+    bootstrap_servers: str | Sequence[str],
+    client_id: str | None,
+    request_timeout_ms: int,
+    retry_backoff_ms: int,
+    metadata_max_age_ms: int,
+) -> ConnectionConfig:
+    return ConnectionConfig(
+        tuple(parse_bootstrap(bootstrap_servers)),
+        client_id=client_id,
+        request_timeout_ms=request_timeout_ms,
+        retry_backoff_ms=retry_backoff_ms,
+        metadata_max_age_ms=metadata_max_age_ms,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProducerConfig:
     """Validated producer settings; raises ConfigurationError for a bad value."""
@@ -86,32 +120,20 @@ class ProducerConfig:
             "buffer_memory": buffer_memory,
             "max_request_size": max_request_size,
         }
-        for name, value in positive.items():
-            if type(value) is not int or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
-        non_negative = {
-            "linger_ms": linger_ms,
-            "retries": retries,
-            "max_block_ms": max_block_ms,
-            "delivery_timeout_ms": delivery_timeout_ms,
-        }
-        for name, num in non_negative.items():
-            if not isinstance(num, int | float) or isinstance(num, bool) or num < 0:
-                raise ConfigurationError(f"{name} must be a non-negative number, not {num!r}")
+        _check_positive_ints(positive)
+        _check_non_negative(
+            {
+                "linger_ms": linger_ms,
+                "retries": retries,
+                "max_block_ms": max_block_ms,
+                "delivery_timeout_ms": delivery_timeout_ms,
+            }
+        )
         if batch_size > buffer_memory:
             raise ConfigurationError("batch_size must not exceed buffer_memory")
-        for name, fn in (
-            ("key_serializer", key_serializer),
-            ("value_serializer", value_serializer),
-        ):
-            if fn is not None and not callable(fn):
-                raise ConfigurationError(f"{name} must be callable")
-        conn = ConnectionConfig(
-            tuple(parse_bootstrap(bootstrap_servers)),
-            client_id=client_id,
-            request_timeout_ms=request_timeout_ms,
-            retry_backoff_ms=retry_backoff_ms,
-            metadata_max_age_ms=metadata_max_age_ms,
+        _check_callables({"key_serializer": key_serializer, "value_serializer": value_serializer})
+        conn = _connection(
+            bootstrap_servers, client_id, request_timeout_ms, retry_backoff_ms, metadata_max_age_ms
         )
         return cls(
             conn,
@@ -169,33 +191,25 @@ class ConsumerConfig:
                 f"auto_offset_reset must be 'latest', 'earliest' or 'none', "
                 f"not {auto_offset_reset!r}"
             )
-        ints = {
-            "max_poll_records": max_poll_records,
-            "fetch_max_bytes": fetch_max_bytes,
-            "max_partition_fetch_bytes": max_partition_fetch_bytes,
-        }
-        for name, value in ints.items():
-            if type(value) is not int or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive int, not {value!r}")
-        for name, num in (
-            ("fetch_max_wait_ms", fetch_max_wait_ms),
-            ("fetch_min_bytes", fetch_min_bytes),
-            ("consumer_timeout_ms", consumer_timeout_ms),
-        ):
-            if not isinstance(num, int | float) or isinstance(num, bool) or num < 0:
-                raise ConfigurationError(f"{name} must be a non-negative number, not {num!r}")
-        for name, fn in (
-            ("key_deserializer", key_deserializer),
-            ("value_deserializer", value_deserializer),
-        ):
-            if fn is not None and not callable(fn):
-                raise ConfigurationError(f"{name} must be callable")
-        conn = ConnectionConfig(
-            tuple(parse_bootstrap(bootstrap_servers)),
-            client_id=client_id,
-            request_timeout_ms=request_timeout_ms,
-            retry_backoff_ms=retry_backoff_ms,
-            metadata_max_age_ms=metadata_max_age_ms,
+        _check_positive_ints(
+            {
+                "max_poll_records": max_poll_records,
+                "fetch_max_bytes": fetch_max_bytes,
+                "max_partition_fetch_bytes": max_partition_fetch_bytes,
+            }
+        )
+        _check_non_negative(
+            {
+                "fetch_max_wait_ms": fetch_max_wait_ms,
+                "fetch_min_bytes": fetch_min_bytes,
+                "consumer_timeout_ms": consumer_timeout_ms,
+            }
+        )
+        _check_callables(
+            {"key_deserializer": key_deserializer, "value_deserializer": value_deserializer}
+        )
+        conn = _connection(
+            bootstrap_servers, client_id, request_timeout_ms, retry_backoff_ms, metadata_max_age_ms
         )
         return cls(
             conn,

@@ -198,24 +198,34 @@ class Producer:
         with ap.lock:
             tp, sticky = ap.choose_partition(topic, meta, kb, partition)
             if acc.memory_full(tp):
-                deadline = time.monotonic() + self._max_block
-                while acc.memory_full(tp):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutExpiredError(
-                            f"buffer_memory stayed full for {ap.config.max_block_ms} ms"
-                        )
-                    ap.memory_cond.wait(remaining)
+                self._wait_for_memory(tp)
                 tp, sticky = ap.choose_partition(topic, meta, kb, partition)
             fut, wake = acc.append(tp, vb, kb, hdrs, ts, sticky)
-            if wake:
-                if sender.wake_scheduled:
-                    wake = False
-                else:
-                    sender.wake_scheduled = True
+            wake = wake and self._claim_wake()
         if wake:
             self._loop.token.run_sync_soon(sender.wake)
         return fut
+
+    def _wait_for_memory(self, tp: TopicPartition) -> None:
+        """Block (holding ``lock`` via its condition) until a batch for ``tp`` fits
+        buffer_memory, at most max_block_ms."""
+        ap = self._ap
+        deadline = time.monotonic() + self._max_block
+        while ap.accumulator.memory_full(tp):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutExpiredError(
+                    f"buffer_memory stayed full for {ap.config.max_block_ms} ms"
+                )
+            ap.memory_cond.wait(remaining)
+
+    def _claim_wake(self) -> bool:
+        """Under ``lock``: True if this caller must schedule the sender's wake-up."""
+        sender = self._ap.sender
+        if sender.wake_scheduled:
+            return False
+        sender.wake_scheduled = True
+        return True
 
     def send_many(
         self,
@@ -246,24 +256,13 @@ class Producer:
             with ap.lock:
                 tp, sticky = ap.choose_partition(topic, meta, kb, partition)
                 if acc.memory_full(tp):
-                    deadline = time.monotonic() + self._max_block
-                    while acc.memory_full(tp):
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TimeoutExpiredError(
-                                f"buffer_memory stayed full for {ap.config.max_block_ms} ms"
-                            )
-                        ap.memory_cond.wait(remaining)
+                    self._wait_for_memory(tp)
                     continue
                 result, first, taken, wake = acc.append_many(
                     tp, vals, done, kb, ts, largest, sticky
                 )
                 futures.add(result, first, taken, ts)
-                if wake:
-                    if sender.wake_scheduled:
-                        wake = False
-                    else:
-                        sender.wake_scheduled = True
+                wake = wake and self._claim_wake()
             done += taken
             if wake:
                 self._loop.token.run_sync_soon(sender.wake)
