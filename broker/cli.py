@@ -20,6 +20,7 @@ from proto.errors import MinibrokerError
 _CLI_MODULES = (
     "broker.commands",
     "coordinator.cli",
+    "coordinator.zkcli",
     "client.cli",
 )
 
@@ -55,6 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MinibrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # Errors raised inside a trio nursery arrive wrapped; show the first of ours.
+        match, _rest = group.split(MinibrokerError)
+        if match is None:
+            raise
+        print(f"error: {_first_leaf(match)}", file=sys.stderr)
+        return 1
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":

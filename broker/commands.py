@@ -73,13 +73,8 @@ async def _run_until_signal(config: BrokerConfig) -> None:
 def run_broker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     config = config_from_args(args)
-    from broker.server import BrokerIdInUseError, SessionLostError
-
     try:
         trio.run(_run_until_signal, config)
-    except (SessionLostError, BrokerIdInUseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

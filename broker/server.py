@@ -35,7 +35,14 @@ from coordinator.recipes import register_ephemeral
 from proto import messages as m
 from proto.codec import FileRecords
 from proto.connection import ServerConnection
-from proto.errors import NodeExistsError, RemoteProtocolError, UnknownServerError
+from proto.errors import (
+    BrokerResponseError,
+    ConnectionFailedError,
+    MinibrokerError,
+    NodeExistsError,
+    RemoteProtocolError,
+    UnknownServerError,
+)
 from proto.messages import UnsupportedRequest
 
 RECEIVE_SIZE = 256 * 1024
@@ -46,12 +53,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class BrokerIdInUseError(RuntimeError):
+def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """True if ``exc`` (or every leaf of an exception group) is one of ``kinds``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(e, kinds) for e in exc.exceptions)
+    return isinstance(exc, kinds)
+
+
+class BrokerIdInUseError(MinibrokerError):
     """Another live broker holds this broker id."""
-
-
-class SessionLostError(RuntimeError):
-    """The broker's coordinator session expired; a supervisor should restart it."""
 
 
 async def _sendfile(sock: trio.socket.SocketType, fr: FileRecords) -> None:
@@ -75,22 +85,108 @@ async def _sendfile(sock: trio.socket.SocketType, fr: FileRecords) -> None:
 
 
 class Broker:
-    def __init__(
-        self,
-        config: BrokerConfig,
-        zk: CoordinatorClient,
-        logs: LogManager,
-        advertised: tuple[str, int],
-    ) -> None:
+    """One broker. Outlives coordinator sessions: when its session expires (a long pause,
+    a partition from the ensemble) it opens a new one and registers again, as Kafka does,
+    while the connections it serves stay open."""
+
+    def __init__(self, config: BrokerConfig, logs: LogManager, advertised: tuple[str, int]) -> None:
         self.config = config
-        self.zk = zk
         self.logs = logs
         self.advertised = advertised
         self.log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
         self.purgatory = FetchPurgatory()
-        self.cache = MetadataCache(zk, self.reconcile)
-        self.handler = RequestHandler(config, logs, self.cache, zk, self.purgatory)
-        self.session_lost = trio.Event()
+        self._zk: CoordinatorClient | None = None
+        self._cache: MetadataCache | None = None
+        self._handler: RequestHandler | None = None
+        self.sessions_done = trio.Event()
+
+    @property
+    def zk(self) -> CoordinatorClient:
+        assert self._zk is not None, "no coordinator session yet"
+        return self._zk
+
+    @property
+    def cache(self) -> MetadataCache:
+        assert self._cache is not None, "no coordinator session yet"
+        return self._cache
+
+    @property
+    def handler(self) -> RequestHandler:
+        assert self._handler is not None, "no coordinator session yet"
+        return self._handler
+
+    def _attach(self, zk: CoordinatorClient) -> None:
+        """Use a new session: a fresh metadata cache (and its watches) on top of it."""
+        self._zk = zk
+        old_view = self._cache.view if self._cache is not None else None
+        self._cache = MetadataCache(zk, self.reconcile)
+        if old_view is not None:
+            self._cache.view = old_view  # keep serving the last view until the reload
+        self._handler = RequestHandler(self.config, self.logs, self._cache, zk, self.purgatory)
+
+    async def run_sessions(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold a registered coordinator session until ``stop``; replace it when it expires.
+
+        The first session must come up (or this raises); later ones are retried with
+        backoff while the ensemble is unreachable.
+        """
+        started = False
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    await self._one_session(stop, task_status if not started else None)
+                    started = True
+                    backoff = 0.5
+                except BaseException as exc:
+                    if not started or not _only(exc, (ConnectionFailedError, BrokerResponseError)):
+                        raise
+                    self.log.warning("coordinator_session_failed", error=str(exc), retry_s=backoff)
+                    with trio.move_on_after(backoff):
+                        await stop.wait()
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            self.sessions_done.set()
+
+    async def _one_session(
+        self, stop: trio.Event, task_status: trio.TaskStatus[None] | None
+    ) -> None:
+        lost = trio.Event()
+
+        def on_state(state: SessionState) -> None:
+            self.log.info("coordinator_session", state=state.value)
+            if state is SessionState.LOST:
+                lost.set()
+            elif state is SessionState.CONNECTED and self._cache is not None:
+                self._cache.mark_dirty()  # watches may have been missed while away
+
+        async with open_coordinator(
+            self.config.coordinator,
+            session_timeout_ms=self.config.zookeeper_session_timeout_ms,
+            connect_timeout_ms=self.config.zookeeper_connection_timeout_ms,
+        ) as zk:
+            self._attach(zk)
+            zk.add_listener(on_state)
+            await self.ensure_layout()
+            await self.register()
+            async with trio.open_nursery() as nursery:
+                # The first load sees our own registration, so we serve with it in view.
+                await nursery.start(self.cache.run)
+                if task_status is not None:
+                    task_status.started()
+                async with trio.open_nursery() as waiters:
+
+                    async def wait_and_cancel(event: trio.Event) -> None:
+                        await event.wait()
+                        waiters.cancel_scope.cancel()
+
+                    waiters.start_soon(wait_and_cancel, stop)
+                    waiters.start_soon(wait_and_cancel, lost)
+                nursery.cancel_scope.cancel()
+        if lost.is_set() and not stop.is_set():
+            self.log.warning("coordinator_session_expired_registering_again")
 
     # --- coordinator ------------------------------------------------------------------
 
@@ -122,13 +218,6 @@ class Broker:
         raise BrokerIdInUseError(
             f"broker id {self.config.broker_id} is registered by another live broker ({path})"
         )
-
-    def _on_session_state(self, state: SessionState) -> None:
-        self.log.info("coordinator_session", state=state.value)
-        if state is SessionState.LOST:
-            self.session_lost.set()
-        elif state is SessionState.CONNECTED:
-            self.cache.mark_dirty()
 
     def reconcile(self, view: ClusterView) -> None:
         """Make local logs match the assignment: create ours, delete deleted topics'."""
@@ -228,7 +317,7 @@ async def serve(
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one broker until ``shutdown`` is set or the session is lost."""
+    """Run one broker until ``shutdown`` is set (or it is cancelled)."""
     log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -241,37 +330,18 @@ async def serve(
             config.advertised_host or bound_host,
             config.advertised_port or bound_port,
         )
-        async with open_coordinator(
-            config.coordinator,
-            session_timeout_ms=config.zookeeper_session_timeout_ms,
-            connect_timeout_ms=config.zookeeper_connection_timeout_ms,
-        ) as zk:
-            broker = Broker(config, zk, logs, advertised)
-            zk.add_listener(broker._on_session_state)
-            async with trio.open_nursery() as nursery:
-                await broker.ensure_layout()
-                await nursery.start(broker.cache.run)
-                await broker.register()
-                await broker.cache.refresh_now()  # serve with our own registration in view
-                nursery.start_soon(broker.housekeeping)
-                await nursery.start(trio.serve_listeners, broker.handle_connection, listeners)
-                log.info(
-                    "broker_started", listen=f"{bound_host}:{bound_port}", data_dir=str(data_dir)
-                )
-                task_status.started((bound_host, bound_port))
-                stop = shutdown if shutdown is not None else trio.Event()
-                async with trio.open_nursery() as waiters:
-
-                    async def wait_and_cancel(event: trio.Event) -> None:
-                        await event.wait()
-                        waiters.cancel_scope.cancel()
-
-                    waiters.start_soon(wait_and_cancel, stop)
-                    waiters.start_soon(wait_and_cancel, broker.session_lost)
-                nursery.cancel_scope.cancel()
-            if broker.session_lost.is_set():
-                log.error("coordinator_session_lost")
-                raise SessionLostError("coordinator session expired; the broker stops")
+        broker = Broker(config, logs, advertised)
+        stop = shutdown if shutdown is not None else trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(broker.run_sessions, stop)
+            nursery.start_soon(broker.housekeeping)
+            await nursery.start(trio.serve_listeners, broker.handle_connection, listeners)
+            log.info("broker_started", listen=f"{bound_host}:{bound_port}", data_dir=str(data_dir))
+            task_status.started((bound_host, bound_port))
+            # On stop the session loop closes its session cleanly (our registration vanishes
+            # at once); only then are the connections and housekeeping cancelled.
+            await broker.sessions_done.wait()
+            nursery.cancel_scope.cancel()
     finally:
         logs.shutdown()
         log.info("broker_stopped")
