@@ -225,3 +225,15 @@ async def test_topic_configs(wire: Wire) -> None:
     [result] = described.results
     assert result.configs["retention.ms"] == "1000" and result.overrides == ["retention.ms"]
     assert result.configs["segment.bytes"] == str(1024**3)  # a broker default shows through
+
+
+async def test_topic_segment_bytes_override_rolls_segments(wire: Wire, tmp_path: Path) -> None:
+    resp = await wire.call(
+        m.CreateTopicsRequest([m.CreatableTopic("small", 1, 1, {"segment.bytes": "20000"})])
+    )
+    assert isinstance(resp, m.CreateTopicsResponse) and resp.topics[0].error_code == 0
+    for i in range(10):
+        r = produced(await wire.call(produce(batch(b"x" * 5000), topic="small")))
+        assert r.error_code == 0 and r.base_offset == i
+    segments = sorted(p.name for p in (tmp_path / "broker" / "small-0").glob("*.log"))
+    assert len(segments) >= 3 and segments[0] == "00000000000000000000.log"
