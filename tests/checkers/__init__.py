@@ -1,0 +1,1 @@
+"""History checkers for fault tests: the linearizable single register (``register``)."""
