@@ -120,6 +120,8 @@ class RequestHandler:
 
     async def metadata(self, req: m.MetadataRequest) -> m.MetadataResponse:
         view = await self._view_with(req.topics or [])
+        if req.topics and self.config.auto_create_topics_enable:
+            view = await self._auto_create(view, req.topics)
         names = sorted(view.topics) if req.topics is None else req.topics
         live = view.brokers
         topics: list[m.TopicMetadata] = []
@@ -151,6 +153,22 @@ class RequestHandler:
             for b in sorted(live.values(), key=lambda b: b.broker_id)
         ]
         return m.MetadataResponse(brokers, view.cluster_id, -1, topics)
+
+    async def _auto_create(self, view: ClusterView, topics: list[str]) -> ClusterView:
+        """auto.create.topics.enable: a metadata request for a missing topic creates it
+        with the broker's num.partitions and default.replication.factor."""
+        created = False
+        for name in topics:
+            if name in view.topics or name in INTERNAL_TOPICS:
+                continue
+            try:
+                await self._create_topic(view, m.CreatableTopic(name, -1, -1), False)
+                created = True
+            except TopicAlreadyExistsError:
+                created = True  # someone else just made it
+            except BrokerResponseError as exc:
+                log.info("auto_create_refused", topic=name, error=str(exc))
+        return await self.cache.refresh_now() if created else view
 
     # --- Produce --------------------------------------------------------------------
 
@@ -236,7 +254,7 @@ class RequestHandler:
         while True:
             resp, total, errors = self._read_all(req, view)
             remaining = deadline - trio.current_time()
-            if total >= max(req.min_bytes, 1) or errors or remaining <= 0 or not keys:
+            if total >= req.min_bytes or errors or remaining <= 0 or not keys:
                 return resp
             close_file_records(resp)
             await self.purgatory.wait_any(keys, remaining)

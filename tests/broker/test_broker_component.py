@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -56,15 +57,18 @@ class Wire:
         return await self.receive()
 
 
-@pytest.fixture
-async def wire(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Wire]:
+@asynccontextmanager
+async def running_broker(
+    tmp_path: Path, nursery: trio.Nursery, settings: dict[str, str] | None = None
+) -> AsyncIterator[Wire]:
+    """A coordinator and one broker in this trio run; yields a connection to the broker."""
     coord_addr = await nursery.start(
         serve_coordinator,
         CoordinatorConfig(port=0, data_dir=tmp_path / "coord", force_sync=False),
     )
     config = BrokerConfig.from_settings(
         1,
-        {},
+        settings or {},
         listen_port=0,
         coordinator=f"{coord_addr[0]}:{coord_addr[1]}",
         data_dir=str(tmp_path / "broker"),
@@ -79,15 +83,20 @@ async def wire(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Wire]:
 
     host, port = await nursery.start(run_broker)
     stream = await trio.open_tcp_stream(host, port)
-    w = Wire(stream)
-    resp = await w.call(m.CreateTopicsRequest([m.CreatableTopic("t", 2, 1)]))
-    assert isinstance(resp, m.CreateTopicsResponse) and resp.topics[0].error_code == 0
-    yield w
+    yield Wire(stream)
     await stream.aclose()
     # A clean stop: the broker closes its session while the coordinator still runs.
     shutdown.set()
     await stopped.wait()
     nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def wire(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Wire]:
+    async with running_broker(tmp_path, nursery) as w:
+        resp = await w.call(m.CreateTopicsRequest([m.CreatableTopic("t", 2, 1)]))
+        assert isinstance(resp, m.CreateTopicsResponse) and resp.topics[0].error_code == 0
+        yield w
 
 
 def batch(*values: bytes, timestamp_ms: int | None = None) -> bytes:
@@ -237,3 +246,21 @@ async def test_topic_segment_bytes_override_rolls_segments(wire: Wire, tmp_path:
         assert r.error_code == 0 and r.base_offset == i
     segments = sorted(p.name for p in (tmp_path / "broker" / "small-0").glob("*.log"))
     assert len(segments) >= 3 and segments[0] == "00000000000000000000.log"
+
+
+async def test_metadata_auto_creates_topics_when_enabled(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    settings = {"auto.create.topics.enable": "true", "num.partitions": "3"}
+    async with running_broker(tmp_path, nursery, settings) as w:
+        resp = await w.call(m.MetadataRequest(["fresh", "bad name"]))
+        assert isinstance(resp, m.MetadataResponse)
+        fresh, bad = resp.topics
+        assert fresh.error_code == 0 and len(fresh.partitions) == 3
+        assert bad.error_code == UnknownTopicOrPartitionError.code  # an illegal name stays unknown
+
+
+async def test_metadata_does_not_create_topics_by_default(wire: Wire) -> None:
+    resp = await wire.call(m.MetadataRequest(["fresh"]))
+    assert isinstance(resp, m.MetadataResponse)
+    assert resp.topics[0].error_code == UnknownTopicOrPartitionError.code
