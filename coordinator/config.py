@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "CoordinatorConfig"]
+__all__ = ["DEFAULT_PEER_PORT", "DEFAULT_PORT", "CoordinatorConfig"]
 
 DEFAULT_PORT = 2181
+DEFAULT_PEER_PORT = 2888
 MiB = 1024 * 1024
 
 
@@ -33,6 +34,12 @@ class CoordinatorConfig:
     max_frame_bytes: int = 16 * MiB
     force_sync: bool = True
     shutdown_grace_ms: int = 1000
+    # The ensemble: id -> peer address of every member (this one included). Empty: standalone.
+    peers: dict[int, tuple[str, int]] = field(default_factory=dict)
+    peer_host: str = "127.0.0.1"
+    peer_port: int = DEFAULT_PEER_PORT
+    election_timeout_ms: int = 500
+    heartbeat_interval_ms: int = 100
 
     def __post_init__(self) -> None:
         if not 0 <= self.id < 128:
@@ -47,6 +54,15 @@ class CoordinatorConfig:
             raise ValueError("snapshot_count and snap_retain_count must be positive")
         if self.max_data_bytes <= 0 or self.max_frame_bytes < self.max_data_bytes:
             raise ValueError("max_frame_bytes must hold at least max_data_bytes")
+        if self.peers and self.id not in self.peers:
+            members = ", ".join(str(i) for i in sorted(self.peers))
+            raise ValueError(f"--id {self.id} is not in --peers (members: {members})")
+        if not 0 < self.heartbeat_interval_ms < self.election_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below election_timeout_ms")
+
+    @property
+    def ensemble(self) -> bool:
+        return bool(self.peers)
 
     @property
     def min_timeout_ms(self) -> int:

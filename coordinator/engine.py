@@ -31,7 +31,7 @@ from coordinator.prepare import (
 from coordinator.sessions import SessionTracker, first_session_id
 from coordinator.snapshot import RecoveryInfo, Storage
 from coordinator.tree import ApplyResult, DataTree
-from coordinator.txn import CloseSessionTxn, CreateSessionTxn, MultiTxn, Txn, TxnOp, make_zxid
+from coordinator.txn import CloseSessionTxn, CreateSessionTxn, Txn, TxnOp, make_zxid
 from coordinator.txn import zxid_epoch as epoch_of
 from coordinator.watches import WatchManager
 from proto.codec import packb, to_wire
@@ -68,9 +68,10 @@ from proto.zk import (
     encode_reply,
 )
 
-__all__ = ["Close", "Connect", "Engine", "Expire", "Request", "Send"]
+__all__ = ["NOT_LOCAL", "Close", "Connect", "Engine", "Expire", "Output", "Request", "Send"]
 
 SYNC_CONNECTED = 3
+NOT_LOCAL: Any = object()  # answer_local: the request is a write or a sync
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -282,7 +283,22 @@ class Engine:
             out.append(Close(item.conn_id, "session_closed"))
 
     def _dispatch(self, conn: int, sid: int, body: Any, out: list[Output], wall_ms: int) -> Any:
-        tree, cfg = self.tree, self.config
+        if isinstance(body, SyncRequest):
+            validate_path(body.path)
+            return SyncResponse(body.path)
+        local = self.answer_local(conn, body, out)
+        if local is not NOT_LOCAL:
+            return local
+        if isinstance(body, CloseSessionRequest):
+            self.sessions.remove(sid)
+            self._session_conn.pop(sid, None)
+        op = self.prepare_op(self.tree, sid, body)
+        return self.write_reply(body, self._write(sid, op, wall_ms, out).value)
+
+    def answer_local(self, conn: int, body: Any, out: list[Output]) -> Any:
+        """Reads (and SetWatches) answered from the local tree; ``NOT_LOCAL`` for a write
+        or a sync. Raises the typed error of a failed read."""
+        tree = self.tree
         if isinstance(body, GetDataRequest):
             validate_path(body.path)
             node = tree.get(body.path)
@@ -305,43 +321,46 @@ class Engine:
             if body.watch:
                 self.watches.add_child_watch(body.path, conn)
             return GetChildrenResponse(sorted(node.children), node.stat())
-        if isinstance(body, SyncRequest):
-            validate_path(body.path)
-            return SyncResponse(body.path)
-        if isinstance(body, CreateRequest):
-            op = prepare_create(
-                tree, body.path, body.data, body.flags, body.makepath, sid, cfg.max_data_bytes
-            )
-            value = self._write(sid, op, wall_ms, out).value
-            path = value[-1] if isinstance(op, MultiTxn) else value
-            return CreateResponse(path, self._stat(path))
-        if isinstance(body, DeleteRequest):
-            self._write(sid, prepare_delete(tree, body.path, body.version), wall_ms, out)
-            return EmptyResponse()
-        if isinstance(body, SetDataRequest):
-            txn_op = prepare_set_data(tree, body.path, body.data, body.version, cfg.max_data_bytes)
-            return SetDataResponse(self._write(sid, txn_op, wall_ms, out).value)
-        if isinstance(body, MultiRequest):
-            multi = prepare_multi(tree, body.ops, sid, cfg.max_data_bytes)
-            values = self._write(sid, multi, wall_ms, out).value
-            results = []
-            for mop, value in zip(body.ops, values, strict=True):
-                if mop.opcode == OpCode.CREATE:
-                    results.append(MultiResult(mop.opcode, 0, value, self._stat(value)))
-                elif mop.opcode == OpCode.SET_DATA:
-                    results.append(MultiResult(mop.opcode, 0, None, value))
-                else:
-                    results.append(MultiResult(mop.opcode, 0))
-            return MultiResponse(results)
-        if isinstance(body, CloseSessionRequest):
-            self.sessions.remove(sid)
-            self._write(sid, CloseSessionTxn(), wall_ms, out)
-            self._session_conn.pop(sid, None)
-            return EmptyResponse()
         if isinstance(body, SetWatchesRequest):
             self._set_watches(conn, body, out)
             return None
+        return NOT_LOCAL
+
+    def prepare_op(self, tree: DataTree, sid: int, body: Any) -> TxnOp:
+        """The txn op for a write request against ``tree``, or the typed error."""
+        cfg = self.config
+        if isinstance(body, CreateRequest):
+            return prepare_create(
+                tree, body.path, body.data, body.flags, body.makepath, sid, cfg.max_data_bytes
+            )
+        if isinstance(body, DeleteRequest):
+            return prepare_delete(tree, body.path, body.version)
+        if isinstance(body, SetDataRequest):
+            return prepare_set_data(tree, body.path, body.data, body.version, cfg.max_data_bytes)
+        if isinstance(body, MultiRequest):
+            return prepare_multi(tree, body.ops, sid, cfg.max_data_bytes)
+        if isinstance(body, CloseSessionRequest):
+            return CloseSessionTxn()
         raise RuntimeInconsistencyError(f"unexpected request {type(body).__name__}")
+
+    def write_reply(self, body: Any, value: Any) -> Any:
+        """The reply to write request ``body`` whose txn applied with result ``value``."""
+        if isinstance(body, CreateRequest):
+            path = value[-1] if isinstance(value, list) else value
+            return CreateResponse(path, self._stat(path))
+        if isinstance(body, SetDataRequest):
+            return SetDataResponse(value)
+        if isinstance(body, MultiRequest):
+            results = []
+            for mop, v in zip(body.ops, value, strict=True):
+                if mop.opcode == OpCode.CREATE:
+                    results.append(MultiResult(mop.opcode, 0, v, self._stat(v)))
+                elif mop.opcode == OpCode.SET_DATA:
+                    results.append(MultiResult(mop.opcode, 0, None, v))
+                else:
+                    results.append(MultiResult(mop.opcode, 0))
+            return MultiResponse(results)
+        return EmptyResponse()
 
     def _stat(self, path: str) -> Stat:
         node = self.tree.get(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,11 @@ import structlog
 import trio
 
 from coordinator.config import CoordinatorConfig
-from coordinator.engine import Close, Connect, Engine, Expire, Request
+from coordinator.consensus.host import EnsembleEngine
+from coordinator.engine import Close, Connect, Engine, Expire, Output, Request
 from coordinator.fourletter import ServerCounters, answer
 from proto.errors import RemoteProtocolError
+from proto.framing import FrameDecoder
 from proto.zk import (
     ConnectRequest,
     FourLetterWord,
@@ -29,6 +32,7 @@ from proto.zk import (
     RequestEvent,
     ServerProtocol,
 )
+from proto.zk_peer import PeerHello, PeerMessage, decode_peer_message, encode_peer_frame
 
 __all__ = ["CoordinatorConfig", "serve"]
 
@@ -58,9 +62,7 @@ class _Server:
         self.conns: dict[int, _Conn] = {}
         self.counters = ServerCounters()
         self._ids = itertools.count(1)
-        self.queue_send, self.queue_recv = trio.open_memory_channel[Connect | Request | Expire](
-            math.inf
-        )
+        self.queue_send, self.queue_recv = trio.open_memory_channel[Any](math.inf)
 
     # --- the processor ----------------------------------------------------------------
 
@@ -73,17 +75,8 @@ class _Server:
                 except trio.WouldBlock:
                     break
             # Inline disk I/O: one fsync per group; see docs/coordinator.md on why.
-            outputs = self.engine.process(batch, now_ms=_now_ms(), wall_ms=_wall_ms())
-            for out in outputs:
-                conn = self.conns.get(out.conn_id)
-                if conn is None:
-                    continue
-                if isinstance(out, Close):
-                    conn.log.info("connection_closing", reason=out.reason)
-                    conn.outbound.send_nowait(None)
-                else:
-                    self.counters.packets_sent += 1
-                    conn.outbound.send_nowait(out.frame)
+            outputs = self.run_batch(batch)
+            self.deliver(outputs)
             for item in batch:
                 if isinstance(item, Connect) and item.conn_id in self.conns:
                     sid = self.engine.session_of(item.conn_id)
@@ -94,6 +87,24 @@ class _Server:
                 elif isinstance(item, Expire):
                     self.log.info("session_expired", session_id=f"{item.session_id:#x}")
             await trio.lowlevel.checkpoint()
+
+    def run_batch(self, batch: list[Any]) -> list[Output]:
+        return self.engine.process(batch, now_ms=_now_ms(), wall_ms=_wall_ms())
+
+    def deliver(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            conn = self.conns.get(out.conn_id)
+            if conn is None:
+                continue
+            if isinstance(out, Close):
+                conn.log.info("connection_closing", reason=out.reason)
+                conn.outbound.send_nowait(None)
+            else:
+                self.counters.packets_sent += 1
+                conn.outbound.send_nowait(out.frame)
+
+    def answer_word(self, word: str) -> str:
+        return answer(word, self.engine, self.counters)
 
     async def expiry_loop(self) -> None:
         tick = self.config.tick_time_ms
@@ -164,7 +175,7 @@ class _Server:
                 proto.receive_data(data)
                 while (event := proto.next_event()) is not None:
                     if isinstance(event, FourLetterWord):
-                        text = answer(event.word, self.engine, self.counters)
+                        text = self.answer_word(event.word)
                         await stream.send_all(text.encode())
                         return
                     self._on_event(conn, event)
@@ -195,10 +206,15 @@ async def serve(
     config: CoordinatorConfig,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    peer_listeners: list[trio.SocketListener] | None = None,
 ) -> None:
     """Recover from ``config.data_dir``, listen, report ``(host, port)``, serve until
-    cancelled."""
+    cancelled. With ``config.peers`` it runs as an ensemble member (``peer_listeners``:
+    already bound peer listeners, for tests on port 0)."""
     log = structlog.get_logger("coordinator").bind(coordinator_id=config.id)
+    if config.ensemble:
+        await _serve_ensemble(config, log, task_status, peer_listeners)
+        return
     engine = Engine(config, now_ms=_now_ms(), wall_ms=_wall_ms())
     try:
         server = _Server(config, engine, log)
@@ -216,6 +232,202 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.process_loop)
             nursery.start_soon(server.expiry_loop)
+            await nursery.start(trio.serve_listeners, server.handle, listeners)
+            task_status.started((host, port))
+    finally:
+        engine.close()
+        log.info("coordinator_stopped")
+
+
+# --- the ensemble member ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+class _MemberServer(_Server):
+    """An ensemble member: the client side as standalone, plus peer links and ticks.
+
+    Peer links: each member dials every other one and sends its own messages over that
+    connection (so a pair shares two one-way connections); what arrives on accepted
+    connections goes into the same queue as client requests, so one task drives the
+    ``EnsembleEngine``. A message for a peer that is not connected is dropped: Raft
+    retransmits.
+    """
+
+    engine: EnsembleEngine
+
+    def __init__(self, config: CoordinatorConfig, engine: EnsembleEngine, log: Any) -> None:
+        super().__init__(config, engine, log)
+        self.peer_send: dict[int, trio.MemorySendChannel[bytes]] = {}
+        self.peer_recv: dict[int, trio.MemoryReceiveChannel[bytes]] = {}
+        self.peer_connected: dict[int, bool] = {}
+        for p in config.peers:
+            if p != config.id:
+                self.peer_send[p], self.peer_recv[p] = trio.open_memory_channel[bytes](math.inf)
+                self.peer_connected[p] = False
+        self._last_state = ""
+
+    def run_batch(self, batch: list[Any]) -> list[Output]:
+        engine = self.engine
+        now, wall = _now_ms(), _wall_ms()
+        out: list[Output] = []
+        for item in batch:
+            if isinstance(item, PeerMessage):
+                engine.peer(item, now, wall, out)
+            elif isinstance(item, _Tick):
+                engine.tick(now, wall, out)
+                out += engine.process(engine.expired(now), now_ms=now, wall_ms=wall)
+            else:
+                out += engine.process([item], now_ms=now, wall_ms=wall)
+        for msg in engine.flush(now, wall, out):
+            if self.peer_connected.get(msg.dst):
+                self.peer_send[msg.dst].send_nowait(
+                    encode_peer_frame(msg, self.config.max_frame_bytes)
+                )
+        state = f"{engine.state}:{engine.node.leader_id}:{engine.node.term}"
+        if state != self._last_state:
+            self._last_state = state
+            self.log.info(
+                "ensemble_state",
+                state=engine.state,
+                leader=engine.node.leader_id,
+                term=engine.node.term,
+                last_zxid=f"{engine.tree.last_zxid:#x}",
+            )
+        return out
+
+    def answer_word(self, word: str) -> str:
+        text = answer(word, self.engine, self.counters)
+        state = self.engine.state
+        if word == "mntr":
+            followers, synced = self.engine.synced_followers(_now_ms())
+            text = text.replace("zk_server_state\tstandalone", f"zk_server_state\t{state}")
+            if state == "leader":
+                text += f"zk_followers\t{followers}\nzk_synced_followers\t{synced}\n"
+        elif word in ("srvr", "stat"):
+            text = text.replace("Mode: standalone", f"Mode: {state}")
+        return text
+
+    async def tick_loop(self) -> None:
+        interval = max(self.config.heartbeat_interval_ms // 4, 1) / 1000
+        while True:
+            await trio.sleep(interval)
+            self.queue_send.send_nowait(_Tick())
+
+    async def expiry_loop(self) -> None:
+        await trio.sleep_forever()  # expiry runs on ticks, on the leader only
+
+    async def dial(self, peer: int) -> None:
+        host, port = self.config.peers[peer]
+        recv = self.peer_recv[peer]
+        log = self.log.bind(peer=peer)
+        hello = PeerMessage(
+            self.config.id, peer, PeerHello(self.config.id, list(self.config.peers))
+        )
+        backoff = 0.05
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            try:
+                await stream.send_all(encode_peer_frame(hello, self.config.max_frame_bytes))
+                while True:  # drop what queued up while we were not connected
+                    try:
+                        recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                self.peer_connected[peer] = True
+                log.info("peer_connected")
+                async for frame in recv:
+                    chunks = [frame]
+                    while True:
+                        try:
+                            chunks.append(recv.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await stream.send_all(b"".join(chunks))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("peer_disconnected", error=str(exc))
+            finally:
+                self.peer_connected[peer] = False
+                await trio.aclose_forcefully(stream)
+            await trio.sleep(backoff)
+
+    async def handle_peer(self, stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder(self.config.max_frame_bytes)
+        peer: int | None = None
+        try:
+            while data := await stream.receive_some(READ_SIZE):
+                decoder.receive_data(data)
+                while (frame := decoder.next_frame()) is not None:
+                    msg = decode_peer_message(frame)
+                    if peer is None:
+                        hello = msg.body
+                        if (
+                            not isinstance(hello, PeerHello)
+                            or hello.node_id not in self.config.peers
+                        ):
+                            self.log.warning("peer_refused", hello=repr(hello))
+                            return
+                        if sorted(hello.members) != sorted(self.config.peers):
+                            self.log.warning("peer_members_differ", peer=hello.node_id)
+                            return
+                        peer = hello.node_id
+                        continue
+                    if msg.src == peer and msg.dst == self.config.id:
+                        self.queue_send.send_nowait(msg)
+        except RemoteProtocolError as exc:
+            self.log.warning("malformed_peer_frame", peer=peer, error=str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def _serve_ensemble(
+    config: CoordinatorConfig,
+    log: Any,
+    task_status: trio.TaskStatus[tuple[str, int]],
+    peer_listeners: list[trio.SocketListener] | None,
+) -> None:
+    size = len(config.peers)
+    if size % 2 == 0:
+        log.warning(
+            "even_ensemble_size",
+            size=size,
+            why=f"a majority of {size} is {size // 2 + 1}: it tolerates no more failures "
+            f"than {size - 1} members would, and needs one more to agree on every write",
+        )
+    rng = random.Random(config.id * 1_000_003 + _wall_ms())
+    engine = EnsembleEngine(config, now_ms=_now_ms(), wall_ms=_wall_ms(), rng=rng)
+    try:
+        server = _MemberServer(config, engine, log)
+        if peer_listeners is None:
+            peer_listeners = await trio.open_tcp_listeners(config.peer_port, host=config.peer_host)
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        log.info(
+            "coordinator_started",
+            host=host,
+            port=port,
+            peer_port=peer_listeners[0].socket.getsockname()[1],
+            members=sorted(config.peers),
+            snapshot_index=engine.recovery.snapshot_zxid,
+            log_entries=engine.recovery.replayed,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.process_loop)
+            nursery.start_soon(server.tick_loop)
+            for p in server.peer_send:
+                nursery.start_soon(server.dial, p)
+            await nursery.start(trio.serve_listeners, server.handle_peer, peer_listeners)
             await nursery.start(trio.serve_listeners, server.handle, listeners)
             task_status.started((host, port))
     finally:

@@ -6,6 +6,7 @@ it on the same port and data dir, to exercise recovery and client reconnection.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.server import serve
 from proto.zk import PROTOCOL_VERSION, ClientProtocol, ConnectRequest, ConnectResponse, Reply
 
-__all__ = ["ChaosProxy", "CoordinatorHarness", "RawSession"]
+__all__ = ["ChaosProxy", "CoordinatorHarness", "EnsembleHarness", "RawSession"]
 
 
 class CoordinatorHarness:
@@ -158,3 +159,86 @@ class ChaosProxy:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump, client, server)
             nursery.start_soon(self._pump, server, client)
+
+
+class EnsembleHarness:
+    """``size`` ensemble members in one nursery, on 127.0.0.1 with port-0 client and peer
+    ports (the peer listeners are bound first so every member knows the others' ports).
+    ``stop(i)`` / ``start(i)`` crash and restart member ``i`` on the same ports and dir."""
+
+    def __init__(self, nursery: trio.Nursery, data_dir: Path, size: int = 3, **config: Any):
+        self.nursery = nursery
+        self.data_dir = data_dir
+        self.size = size
+        self.extra = config
+        self.ids = list(range(1, size + 1))
+        self.peer_ports: dict[int, int] = {}
+        self.addresses: dict[int, tuple[str, int]] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._stopped: dict[int, trio.Event] = {}
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in (self.addresses[i] for i in self.ids))
+
+    def config(self, member: int) -> CoordinatorConfig:
+        peers = {i: ("127.0.0.1", self.peer_ports[i]) for i in self.ids}
+        return CoordinatorConfig(
+            id=member,
+            host="127.0.0.1",
+            port=self.addresses[member][1] if member in self.addresses else 0,
+            data_dir=self.data_dir / f"member-{member}",
+            peers=peers,
+            peer_port=self.peer_ports[member],
+            **self.extra,
+        )
+
+    async def start_all(self) -> None:
+        listeners = {}
+        for i in self.ids:
+            listeners[i] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.peer_ports[i] = listeners[i][0].socket.getsockname()[1]
+        for i in self.ids:
+            await self.start(i, listeners[i])
+
+    async def start(self, member: int, listeners: list[trio.SocketListener] | None = None) -> None:
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(self.peer_ports[member], host="127.0.0.1")
+        config = self.config(member)
+        self._stopped[member] = stopped = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+            try:
+                with trio.CancelScope() as scope:
+                    self._scopes[member] = scope
+                    await serve(config, task_status=task_status, peer_listeners=listeners)
+            finally:
+                stopped.set()
+
+        self.addresses[member] = await self.nursery.start(run)
+
+    async def stop(self, member: int) -> None:
+        scope = self._scopes.pop(member, None)
+        if scope is not None:
+            scope.cancel()
+            await self._stopped[member].wait()
+
+    async def four_letter(self, member: int, word: str) -> str:
+        stream = await trio.open_tcp_stream(*self.addresses[member])
+        try:
+            await stream.send_all(word.encode())
+            chunks = []
+            while data := await stream.receive_some(65536):
+                chunks.append(data)
+        finally:
+            await trio.aclose_forcefully(stream)
+        return b"".join(chunks).decode()
+
+    async def leader(self) -> int:
+        """Wait until some member reports itself leader; returns its id."""
+        while True:
+            for i in list(self._scopes):
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    if "zk_server_state\tleader" in await self.four_letter(i, "mntr"):
+                        return i
+            await trio.sleep(0.05)

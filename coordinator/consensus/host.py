@@ -1,0 +1,528 @@
+"""An ensemble member's request processor: the ``Engine`` around a ``RaftNode``. Sans-IO
+(time and randomness are inputs; disk I/O is inline, as in the standalone engine).
+
+Reads are answered from the local, committed tree (sequential consistency). A write, a
+sync or a new session goes to the leader: directly on the leader, as a ``ForwardRequest``
+from a follower. The leader prepares it against its *proposal tree* (the committed tree
+plus every entry it has proposed, so pipelined writes validate against each other),
+proposes the txn and answers with the entry's (index, term). The member that holds the
+client connection replies once it has applied that index itself, building the reply from
+its own apply: so the client can read its write at once, and on every connection a
+watch notification still precedes the reply to any later read. Errors and syncs carry the
+index the member must have applied first (the leader's last index, or its confirmed commit
+index for a sync), which is what makes ``sync`` a read barrier.
+
+Sessions: every member reports the sessions it hears from to the leader
+(``SessionTouch``); only the leader expires sessions, and a new leader starts every
+session's timeout afresh. When the leader changes, every client connection with a request
+in flight is closed (its request fails with ConnectionLoss, as in ZooKeeper) and the client
+reconnects with its session.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.config import CoordinatorConfig
+from coordinator.consensus.disk import RaftDisk
+from coordinator.consensus.node import RaftNode, Ready, Role
+from coordinator.engine import NOT_LOCAL, Close, Connect, Engine, Expire, Output, Request, Send
+from coordinator.prepare import MultiAborted, validate_path
+from coordinator.sessions import SessionTracker, first_session_id
+from coordinator.snapshot import RecoveryInfo
+from coordinator.tree import DataTree
+from coordinator.txn import (
+    CloseSessionTxn,
+    CreateSessionTxn,
+    Txn,
+    TxnOp,
+    decode_txn,
+    encode_txn,
+    make_zxid,
+)
+from coordinator.watches import WatchManager
+from proto.codec import from_wire, packb, to_wire, unpackb
+from proto.errors import BrokerResponseError, RemoteProtocolError
+from proto.zk import (
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    CloseSessionRequest,
+    ConnectResponse,
+    MultiRequest,
+    OpCode,
+    SyncRequest,
+    SyncResponse,
+)
+from proto.zk_peer import ForwardRequest, ForwardResponse, PeerMessage, SessionTouch
+
+__all__ = ["CREATE_SESSION", "EnsembleEngine"]
+
+CREATE_SESSION = -10  # ForwardRequest opcode: body [timeout_ms, password]
+CLOSE_SESSION_EXPIRED = -12  # leader-internal: expire a session
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A client waiting for the member to apply ``index`` (of ``term``, when > 0)."""
+
+    conn_id: int
+    xid: int
+    body: Any  # the request; or a ConnectResponse for a new session
+    term: int = 0
+    error_code: int = 0
+    abort_index: int = -1
+
+
+class EnsembleEngine(Engine):
+    __slots__ = (
+        "_awaiting",
+        "_barriers",
+        "_counter_term",
+        "_fwd",
+        "_next_ctx",
+        "_next_fwd",
+        "_parked",
+        "_peer_out",
+        "_proposal_tree",
+        "_reads",
+        "_seen_leader",
+        "_touched",
+        "disk",
+        "node",
+    )
+
+    def __init__(
+        self, config: CoordinatorConfig, *, now_ms: int, wall_ms: int, rng: random.Random
+    ) -> None:
+        self.config = config
+        self.disk = RaftDisk(config.data_dir, force_sync=config.force_sync)
+        hs, snap, entries = self.disk.load()
+        self.tree = DataTree() if snap is None else DataTree.from_snapshot(unpackb(snap.data))
+        self.recovery = RecoveryInfo(0 if snap is None else snap.index, len(entries))
+        self.node = RaftNode(
+            config.id,
+            list(config.peers),
+            rng=rng,
+            now_ms=now_ms,
+            hard_state=hs,
+            snapshot=snap,
+            entries=entries,
+            election_timeout_ms=config.election_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+        )
+        self._epoch = 0
+        self._counter = 0
+        self._counter_term = 0
+        self.sessions = SessionTracker(config.min_timeout_ms, config.max_timeout_ms)
+        self._next_session_id = first_session_id(config.id, wall_ms)
+        self.watches = WatchManager()
+        self._conn_session: dict[int, int] = {}
+        self._session_conn: dict[int, int] = {}
+        from coordinator.engine import LatencyStats
+
+        self.latency = LatencyStats()
+        self.storage = None  # type: ignore[assignment]
+        self._proposal_tree: DataTree | None = None
+        self._awaiting: dict[int, list[_Waiter]] = {}  # index -> waiters
+        self._barriers: list[tuple[int, _Waiter]] = []  # (index, waiter): reply once applied
+        self._fwd: dict[int, _Waiter] = {}  # follower: fwd_id -> waiter
+        self._next_fwd = 1
+        self._reads: dict[int, tuple[int, int, int]] = {}  # leader: ctx -> (src, fwd_id, 0)
+        self._next_ctx = 1
+        self._parked: list[tuple[int, int, Any]] = []  # (sid, opcode, (waiter, wire))
+        self._peer_out: list[PeerMessage] = []
+        self._touched: set[int] = set()
+        self._seen_leader: tuple[Role, int | None, int] = (Role.FOLLOWER, None, hs.term)
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return "leader" if self.node.is_leader else "follower"
+
+    def synced_followers(self, now_ms: int) -> tuple[int, int]:
+        """Leader: (followers, followers caught up with the commit index and heard from
+        within an election timeout)."""
+        if not self.node.is_leader:
+            return 0, 0
+        prog = self.node.progress()
+        recent = now_ms - self.config.election_timeout_ms
+        synced = sum(
+            1 for m, heard in prog.values() if m >= self.node.commit_index and heard > recent
+        )
+        return len(prog), synced
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def touch(self, conn_id: int, now_ms: int) -> None:
+        sid = self._conn_session.get(conn_id)
+        if sid is not None:
+            self._touch_session(sid, now_ms)
+
+    def _touch_session(self, sid: int, now_ms: int) -> None:
+        if self.node.is_leader:
+            self.sessions.touch(sid, now_ms)
+        else:
+            self._touched.add(sid)
+
+    def tick(self, now_ms: int, wall_ms: int, out: list[Output]) -> None:
+        self.node.tick(now_ms)
+        self._check_leader(now_ms, wall_ms, out)
+        leader = self.node.leader_id
+        if self._touched and leader is not None and leader != self.config.id:
+            touched, self._touched = sorted(self._touched), set()
+            self._peer_out.append(PeerMessage(self.config.id, leader, SessionTouch(touched)))
+
+    def expired(self, now_ms: int) -> list[Expire]:
+        if not self.node.is_leader:
+            return []
+        return [Expire(sid) for sid in self.sessions.expired(now_ms)]
+
+    def peer(self, msg: PeerMessage, now_ms: int, wall_ms: int, out: list[Output]) -> None:
+        body = msg.body
+        if isinstance(body, ForwardRequest):
+            self._on_forward(msg.src, body, wall_ms)
+        elif isinstance(body, ForwardResponse):
+            waiter = self._fwd.pop(body.fwd_id, None)
+            if waiter is not None:
+                self._on_outcome(waiter, body.index, body.term, body.error_code, body.abort_index)
+        elif isinstance(body, SessionTouch):
+            if self.node.is_leader:
+                for sid in body.session_ids:
+                    self.sessions.touch(sid, now_ms)
+        else:
+            self.node.step(msg)
+            self._check_leader(now_ms, wall_ms, out)
+
+    def process(self, batch: Any, *, now_ms: int, wall_ms: int) -> list[Output]:
+        out: list[Output] = []
+        for item in batch:
+            if isinstance(item, Request):
+                self._client_request(item, out, now_ms, wall_ms)
+                self.latency.record(now_ms - item.arrived_ms)
+            elif isinstance(item, Connect):
+                self._client_connect(item, out, now_ms, wall_ms)
+            elif isinstance(item, Expire) and self._proposal_tree is not None:
+                self._submit_local(item.session_id, CLOSE_SESSION_EXPIRED, None, None, wall_ms)
+        return out
+
+    def flush(self, now_ms: int, wall_ms: int, out: list[Output]) -> list[PeerMessage]:
+        """Drive the node: persist, send, apply every Ready. Returns peer messages."""
+        node = self.node
+        while node.has_ready():
+            rd = node.ready()
+            self.disk.save(rd)
+            self._peer_out.extend(rd.messages)
+            self._apply(rd, now_ms, out)
+            node.advance(rd)
+            self._maybe_snapshot()
+            self._check_leader(now_ms, wall_ms, out)
+        self._check_leader(now_ms, wall_ms, out)
+        peer_out, self._peer_out = self._peer_out, []
+        return peer_out
+
+    def close(self) -> None:
+        self.disk.close()
+
+    # --- client side --------------------------------------------------------------------
+
+    def _client_connect(self, item: Connect, out: list[Output], now_ms: int, wall_ms: int) -> None:
+        req = item.request
+        if req.last_zxid_seen > self.tree.last_zxid:
+            out.append(Close(item.conn_id, "client_zxid_ahead"))
+            return
+        if req.session_id == 0:
+            timeout_ms = self.sessions.negotiate(req.timeout_ms)
+            sid = self._new_session_id()
+            password = secrets.token_bytes(16)
+            response = ConnectResponse(PROTOCOL_VERSION, timeout_ms, sid, password)
+            waiter = _Waiter(item.conn_id, 0, response)
+            self._route(waiter, sid, CREATE_SESSION, [timeout_ms, password], out, wall_ms)
+            return
+        sid = req.session_id
+        record = self.tree.sessions.get(sid)
+        closing = self.node.is_leader and sid in self.sessions and not self.sessions.is_live(sid)
+        if record is None or closing or not secrets.compare_digest(record.password, req.password):
+            expired = ConnectResponse(PROTOCOL_VERSION, 0, 0, b"")
+            out.append(Send(item.conn_id, self._connect_frame(expired)))
+            out.append(Close(item.conn_id, "session_expired"))
+            return
+        self._touch_session(sid, now_ms)
+        self._bind(item.conn_id, sid, out)
+        response = ConnectResponse(PROTOCOL_VERSION, record.timeout_ms, sid, record.password)
+        out.append(Send(item.conn_id, self._connect_frame(response)))
+
+    def _bind(self, conn_id: int, sid: int, out: list[Output]) -> None:
+        old = self._session_conn.get(sid)
+        if old is not None and old != conn_id:
+            self.connection_closed(old)
+            out.append(Close(old, "session_moved"))
+        self._conn_session[conn_id] = sid
+        self._session_conn[sid] = conn_id
+
+    def _client_request(self, item: Request, out: list[Output], now_ms: int, wall_ms: int) -> None:
+        sid = self._conn_session.get(item.conn_id)
+        if sid is None:
+            out.append(Close(item.conn_id, "request_before_connect"))
+            return
+        body = item.body
+        try:
+            local = self.answer_local(item.conn_id, body, out)
+            if isinstance(body, SyncRequest):
+                validate_path(body.path)
+        except BrokerResponseError as exc:
+            out.append(Send(item.conn_id, self._frame(item.xid, exc.code, None)))
+            return
+        if local is not NOT_LOCAL:
+            out.append(Send(item.conn_id, self._frame(item.xid, 0, local)))
+            return
+        opcode = OpCode.SYNC if isinstance(body, SyncRequest) else _opcode(body)
+        waiter = _Waiter(item.conn_id, item.xid, body)
+        self._route(waiter, sid, opcode, to_wire(body), out, wall_ms)
+
+    def _route(
+        self, waiter: _Waiter, sid: int, opcode: int, wire: Any, out: list[Output], wall_ms: int
+    ) -> None:
+        """Send a write/sync/new session to the leader (ourselves, or by forwarding)."""
+        node = self.node
+        if node.is_leader and self._proposal_tree is not None:
+            self._submit_local(sid, opcode, wire, waiter, wall_ms)
+            return
+        leader = node.leader_id
+        if leader is None or leader == self.config.id:
+            self._parked.append((sid, opcode, (waiter, wire)))
+            return
+        fwd_id = self._next_fwd
+        self._next_fwd += 1
+        self._fwd[fwd_id] = waiter
+        self._peer_out.append(
+            PeerMessage(self.config.id, leader, ForwardRequest(fwd_id, sid, opcode, wire))
+        )
+
+    # --- leader side --------------------------------------------------------------------
+
+    def _on_forward(self, src: int, req: ForwardRequest, wall_ms: int) -> None:
+        if not self.node.is_leader or self._proposal_tree is None:
+            return  # the follower fails it when it learns of the new leader
+        if req.opcode == OpCode.SYNC:
+            ctx = self._next_ctx
+            self._next_ctx += 1
+            self._reads[ctx] = (src, req.fwd_id, 0)
+            self.node.read_index(ctx)
+            return
+        index, term, code, abort = self._propose(req.session_id, req.opcode, req.body, wall_ms)
+        reply = ForwardResponse(req.fwd_id, index, term, code, abort)
+        self._peer_out.append(PeerMessage(self.config.id, src, reply))
+
+    def _submit_local(
+        self, sid: int, opcode: int, wire: Any, waiter: _Waiter | None, wall_ms: int
+    ) -> None:
+        if opcode == OpCode.SYNC:
+            assert waiter is not None
+            ctx = self._next_ctx
+            self._next_ctx += 1
+            self._reads[ctx] = (self.config.id, 0, 0)
+            self._fwd[-ctx] = waiter
+            self.node.read_index(ctx)
+            return
+        index, term, code, abort = self._propose(sid, opcode, wire, wall_ms)
+        if waiter is not None:
+            self._on_outcome(waiter, index, term, code, abort)
+
+    def _propose(self, sid: int, opcode: int, wire: Any, wall_ms: int) -> tuple[int, int, int, int]:
+        """Prepare and propose; returns (index, term, error code, multi abort index)."""
+        tree = self._proposal_tree
+        node = self.node
+        assert tree is not None
+        try:
+            op = self._prepare_forwarded(tree, sid, opcode, wire)
+        except MultiAborted as exc:
+            return node.log.last_index, 0, exc.error.code, exc.index
+        except BrokerResponseError as exc:
+            return node.log.last_index, 0, exc.code, -1
+        except RemoteProtocolError:
+            return node.log.last_index, 0, -2, -1
+        if op is None:  # expiring a session that is already gone
+            return node.log.last_index, 0, 0, -1
+        if self._counter_term != node.term:
+            self._counter_term, self._counter = node.term, 0
+        self._counter += 1
+        txn = Txn(make_zxid(node.term, self._counter), wall_ms, sid, op)
+        tree.apply(txn)
+        index = node.propose(encode_txn(txn))
+        return index, node.term, 0, -1
+
+    def _prepare_forwarded(self, tree: DataTree, sid: int, opcode: int, wire: Any) -> TxnOp | None:
+        if opcode == CREATE_SESSION:
+            timeout_ms, password = wire
+            return CreateSessionTxn(int(timeout_ms), bytes(password))
+        if opcode == CLOSE_SESSION_EXPIRED:
+            return CloseSessionTxn() if sid in tree.sessions else None
+        types = MESSAGE_TYPES.get(opcode)
+        if types is None:
+            raise RemoteProtocolError(f"cannot forward opcode {opcode}")
+        body = from_wire(types[0], wire)
+        if isinstance(body, CloseSessionRequest):
+            self.sessions.remove(sid)
+            if sid not in tree.sessions:
+                return None
+        return self.prepare_op(tree, sid, body)
+
+    # --- outcomes, applying -------------------------------------------------------------
+
+    def _on_outcome(self, w: _Waiter, index: int, term: int, code: int, abort: int) -> None:
+        w.term, w.error_code, w.abort_index = term, code, abort
+        if code == 0 and term > 0:
+            self._awaiting.setdefault(index, []).append(w)
+        else:
+            self._barriers.append((index, w))
+            self._barriers.sort(key=lambda b: b[0])
+
+    def _apply(self, rd: Ready, now_ms: int, out: list[Output]) -> None:
+        if rd.snapshot is not None:
+            self.tree = DataTree.from_snapshot(unpackb(rd.snapshot.data))
+            # Our clients' views jumped: make them reconnect and re-arm their watches.
+            for conn in list(self._conn_session):
+                self.connection_closed(conn)
+                out.append(Close(conn, "snapshot_installed"))
+        leader = self.node.is_leader
+        for entry in rd.committed:
+            waiters = self._awaiting.pop(entry.index, [])
+            if not entry.data:
+                for w in waiters:
+                    self._fail(w, out)
+                continue
+            txn = decode_txn(entry.data)
+            result = self.tree.apply(txn)
+            for path, event in result.events:
+                for conn_id in self.watches.trigger(path, event):
+                    out.append(Send(conn_id, self._notification(txn.zxid, path, event)))
+            op = txn.op
+            if isinstance(op, CreateSessionTxn) and leader:
+                self.sessions.add(txn.session_id, op.timeout_ms, now_ms)
+            closed_conn = None
+            if isinstance(op, CloseSessionTxn):
+                self.sessions.remove(txn.session_id)
+                closed_conn = self._session_conn.get(txn.session_id)
+            for w in waiters:
+                if w.term != entry.term:
+                    self._fail(w, out)
+                elif isinstance(w.body, ConnectResponse):
+                    self._bind(w.conn_id, w.body.session_id, out)
+                    out.append(Send(w.conn_id, self._connect_frame(w.body)))
+                else:
+                    reply = self.write_reply(w.body, result.value)
+                    out.append(Send(w.conn_id, self._frame(w.xid, 0, reply)))
+            if closed_conn is not None:
+                self.connection_closed(closed_conn)
+                out.append(Close(closed_conn, "session_closed"))
+        self._release_barriers(out)
+        for rs in rd.read_states:
+            src, fwd_id, _ = self._reads.pop(rs.ctx)
+            if src == self.config.id:
+                local = self._fwd.pop(-rs.ctx, None)
+                if local is not None:
+                    self._on_outcome(local, rs.index, 0, 0, -1)
+            else:
+                reply = ForwardResponse(fwd_id, rs.index, 0, 0)
+                self._peer_out.append(PeerMessage(self.config.id, src, reply))
+        for ctx in rd.failed_reads:
+            self._reads.pop(ctx, None)
+            failed = self._fwd.pop(-ctx, None)
+            if failed is not None:
+                self._fail(failed, out)
+        self._release_barriers(out)
+
+    def _release_barriers(self, out: list[Output]) -> None:
+        applied = self.node.log.applied
+        while self._barriers and self._barriers[0][0] <= applied:
+            _, w = self._barriers.pop(0)
+            if w.error_code:
+                body = None
+                if w.abort_index >= 0 and isinstance(w.body, MultiRequest):
+                    body = self._aborted_results(
+                        w.body, MultiAborted(w.abort_index, _error(w.error_code))
+                    )
+                out.append(Send(w.conn_id, self._frame(w.xid, w.error_code, body)))
+            elif isinstance(w.body, SyncRequest):
+                out.append(Send(w.conn_id, self._frame(w.xid, 0, SyncResponse(w.body.path))))
+            elif isinstance(w.body, ConnectResponse):
+                self._fail(w, out)  # the session was not created
+            else:
+                reply = self.write_reply(w.body, None)
+                out.append(Send(w.conn_id, self._frame(w.xid, 0, reply)))
+            if isinstance(w.body, CloseSessionRequest) and not w.error_code:
+                self.connection_closed(w.conn_id)
+                out.append(Close(w.conn_id, "session_closed"))
+
+    def _fail(self, w: _Waiter, out: list[Output]) -> None:
+        self.connection_closed(w.conn_id)
+        out.append(Close(w.conn_id, "leader_changed"))
+
+    def _check_leader(self, now_ms: int, wall_ms: int, out: list[Output]) -> None:
+        node = self.node
+        seen = (node.role, node.leader_id, node.term)
+        if seen == self._seen_leader:
+            return
+        was_leader = self._seen_leader[0] is Role.LEADER
+        old_leader = self._seen_leader[1]
+        self._seen_leader = seen
+        if was_leader and not node.is_leader:
+            self._proposal_tree = None
+            self.sessions = SessionTracker(self.config.min_timeout_ms, self.config.max_timeout_ms)
+        if old_leader != node.leader_id or was_leader != node.is_leader:
+            # Whatever was in flight with the old leader may be lost: fail it.
+            pending = [w for ws in self._awaiting.values() for w in ws]
+            pending += [w for _, w in self._barriers] + list(self._fwd.values())
+            self._awaiting.clear()
+            self._barriers.clear()
+            self._fwd.clear()
+            self._reads.clear()
+            for conn in sorted({w.conn_id for w in pending}):
+                self.connection_closed(conn)
+                out.append(Close(conn, "leader_changed"))
+        if node.is_leader and self._proposal_tree is None:
+            self._become_leader(now_ms)
+        ready = node.leader_id not in (None, self.config.id) or self._proposal_tree is not None
+        if ready and self._parked:
+            parked, self._parked = self._parked, []
+            for sid, opcode, (waiter, wire) in parked:
+                self._route(waiter, sid, opcode, wire, out, wall_ms)
+
+    def _become_leader(self, now_ms: int) -> None:
+        tree = DataTree.from_snapshot(self.tree.to_snapshot())
+        log = self.node.log
+        for entry in log.slice(log.applied + 1, log.last_index):
+            if entry.data:
+                tree.apply(decode_txn(entry.data))
+        self._proposal_tree = tree
+        self.sessions = SessionTracker(self.config.min_timeout_ms, self.config.max_timeout_ms)
+        for record in tree.sessions.values():
+            self.sessions.add(record.session_id, record.timeout_ms, now_ms)  # fresh timeout
+
+    def _maybe_snapshot(self) -> None:
+        log = self.node.log
+        if log.applied - log.snap_index < self.config.snapshot_count:
+            return
+        from coordinator.consensus.node import Snapshot
+
+        data = packb(self.tree.to_snapshot())
+        term = log.term_at(log.applied)
+        assert term is not None
+        self.disk.write_snapshot(Snapshot(log.applied, term, data))
+        self.node.compact(log.applied, data)
+
+
+def _opcode(body: Any) -> int:
+    from proto.zk import OPCODE_OF
+
+    return OPCODE_OF[type(body)]
+
+
+def _error(code: int) -> BrokerResponseError:
+    from proto.errors import for_code
+
+    return for_code(code)()

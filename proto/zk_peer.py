@@ -1,0 +1,189 @@
+"""The coordinator ensemble's peer protocol: Raft messages plus write forwarding. Sans-IO.
+
+Every frame is ``proto.framing``'s 4-byte length + msgpack body ``[tag, src, dst, body]``
+where ``body`` is ``to_wire`` of the message dataclass named by ``tag``. The first frame on
+a peer connection is a ``PeerHello`` naming the dialling server (its id and the cluster's
+member list, so a misconfigured member is refused instead of joining the wrong ensemble).
+
+Consensus messages (``coordinator.consensus``):
+
+* ``RequestVote`` / ``VoteResponse``: election, compared on (term, last log term, last
+  index); ``pre_vote`` asks "would you vote for me?" without disturbing anyone's term.
+* ``AppendEntries`` / ``AppendResponse``: replication and heartbeats. ``read_seq`` is the
+  leader's heartbeat round, echoed back, which confirms leadership for ``sync``.
+* ``InstallSnapshot``: a whole state-machine snapshot for a follower whose next entry the
+  leader has compacted away; answered with an ``AppendResponse``.
+
+Host messages (``coordinator.server``): ``ForwardRequest``/``ForwardResponse`` carry a
+client write (or sync) from a follower to the leader and its outcome back;
+``SessionTouch`` tells the leader which sessions a follower heard from.
+
+Malformed input raises ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proto.codec import from_wire, packb, to_wire, unpackb
+from proto.errors import RemoteProtocolError
+from proto.framing import encode_frame
+
+__all__ = [
+    "AppendEntries",
+    "AppendResponse",
+    "Entry",
+    "ForwardRequest",
+    "ForwardResponse",
+    "InstallSnapshot",
+    "PeerBody",
+    "PeerHello",
+    "PeerMessage",
+    "RequestVote",
+    "SessionTouch",
+    "VoteResponse",
+    "decode_peer_message",
+    "encode_peer_frame",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``data`` is an encoded txn; empty is a new leader's no-op."""
+
+    term: int
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    term: int
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResponse:
+    term: int
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    term: int
+    prev_index: int
+    prev_term: int
+    entries: list[Entry]
+    commit: int
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResponse:
+    """``match_index``: on success the follower's log matches the leader's up to it; on
+    failure a hint: the leader should retry from ``match_index + 1``."""
+
+    term: int
+    success: bool
+    match_index: int
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    term: int
+    index: int
+    snap_term: int
+    data: bytes
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHello:
+    node_id: int
+    members: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRequest:
+    """A follower's client write, sync or session change for the leader. ``opcode`` is a
+    ``proto.zk.OpCode`` (or ``CREATE_SESSION``); ``body`` its request in wire form."""
+
+    fwd_id: int
+    session_id: int
+    opcode: int
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResponse:
+    """``index``: the log index the follower must have applied before it replies (the
+    write's own entry on success, the leader's commit index for a sync or an error).
+    ``error_code`` 0 on success; ``abort_index`` the failing op of a multi, else -1."""
+
+    fwd_id: int
+    index: int
+    term: int
+    error_code: int
+    abort_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTouch:
+    session_ids: list[int]
+
+
+PeerBody = (
+    RequestVote
+    | VoteResponse
+    | AppendEntries
+    | AppendResponse
+    | InstallSnapshot
+    | PeerHello
+    | ForwardRequest
+    | ForwardResponse
+    | SessionTouch
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    src: int
+    dst: int
+    body: PeerBody
+
+
+_TAGS: dict[type[Any], int] = {
+    RequestVote: 1,
+    VoteResponse: 2,
+    AppendEntries: 3,
+    AppendResponse: 4,
+    InstallSnapshot: 5,
+    PeerHello: 10,
+    ForwardRequest: 11,
+    ForwardResponse: 12,
+    SessionTouch: 13,
+}
+_BY_TAG: dict[int, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
+
+
+def encode_peer_frame(msg: PeerMessage, max_frame_size: int) -> bytes:
+    body = packb([_TAGS[type(msg.body)], msg.src, msg.dst, to_wire(msg.body)])
+    return encode_frame(body, max_frame_size)
+
+
+def decode_peer_message(frame: bytes) -> PeerMessage:
+    data = unpackb(frame)
+    if type(data) is not list or len(data) != 4:
+        raise RemoteProtocolError("peer frame must be a 4-element array")
+    tag, src, dst, body = data
+    if type(tag) is not int or type(src) is not int or type(dst) is not int:
+        raise RemoteProtocolError("peer frame header must be integers")
+    cls = _BY_TAG.get(tag)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown peer message tag {tag}")
+    return PeerMessage(src, dst, from_wire(cls, body))
