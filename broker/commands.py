@@ -99,10 +99,8 @@ def _wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen[byt
 
 
 def run_cluster_up(args: argparse.Namespace) -> int:
-    if args.coordinators != 1:
-        raise InvalidConfigurationError(
-            "only --coordinators 1 is available until the coordinator ensemble lands"
-        )
+    if args.coordinators < 1:
+        raise InvalidConfigurationError("--coordinators must be at least 1")
     if args.brokers < 1:
         raise InvalidConfigurationError("--brokers must be at least 1")
     data = Path(args.data_dir).resolve()
@@ -135,21 +133,26 @@ def run_cluster_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        cport = args.coordinator_port
-        coord = spawn(
-            "coordinator-1",
-            [
+        cports = [args.coordinator_port + i for i in range(args.coordinators)]
+        peers = ",".join(f"{i}={host}:{args.peer_port + i - 1}" for i in range(1, len(cports) + 1))
+        coordinators: list[subprocess.Popen[bytes]] = []
+        for i, cport in enumerate(cports, start=1):
+            argv = [
                 *exe,
                 "coordinator",
                 "--id",
-                "1",
+                str(i),
                 "--listen",
                 f"{host}:{cport}",
                 "--data-dir",
-                str(data / "coordinator-1"),
-            ],
-        )
-        _wait_port(host, cport, time.monotonic() + 30, coord)
+                str(data / f"coordinator-{i}"),
+            ]
+            if len(cports) > 1:
+                argv += ["--peers", peers]
+            coordinators.append(spawn(f"coordinator-{i}", argv))
+        for cport, proc in zip(cports, coordinators, strict=True):
+            _wait_port(host, cport, time.monotonic() + 30, proc)
+        ensemble = ",".join(f"{host}:{p}" for p in cports)
         ports = [args.broker_port + i for i in range(args.brokers)]
         for i, port in enumerate(ports, start=1):
             argv = [
@@ -160,17 +163,17 @@ def run_cluster_up(args: argparse.Namespace) -> int:
                 "--listen",
                 f"{host}:{port}",
                 "--coordinator",
-                f"{host}:{cport}",
+                ensemble,
                 "--data-dir",
                 str(data / f"broker-{i}"),
             ]
             for s in args.set or []:
                 argv += ["--set", s]
             spawn(f"broker-{i}", argv)
-        for (_name, proc), port in zip(procs[1:], ports, strict=True):
+        for (_name, proc), port in zip(procs[len(cports) :], ports, strict=True):
             _wait_port(host, port, time.monotonic() + 30, proc)
         bootstrap = ",".join(f"{host}:{p}" for p in ports)
-        print(f"coordinator: {host}:{cport}")
+        print(f"coordinators: {ensemble}")
         print(f"bootstrap servers: {bootstrap}")
         print(f"data: {data}  (logs in {log_dir})")
         print("Ctrl-C stops the cluster.", flush=True)
@@ -234,7 +237,18 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=DEFAULT_BROKER_PORT,
         help="port of broker 1; broker N listens on this + N - 1",
     )
-    up.add_argument("--coordinator-port", type=int, default=DEFAULT_COORDINATOR_PORT)
+    up.add_argument(
+        "--coordinator-port",
+        type=int,
+        default=DEFAULT_COORDINATOR_PORT,
+        help="client port of coordinator 1; coordinator N uses this + N - 1",
+    )
+    up.add_argument(
+        "--peer-port",
+        type=int,
+        default=2888,
+        help="peer port of coordinator 1 in an ensemble; N uses this + N - 1",
+    )
     up.add_argument(
         "--set",
         action="append",
