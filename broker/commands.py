@@ -98,6 +98,10 @@ def _wait_port(host: str, port: int, deadline: float, proc: subprocess.Popen[byt
     raise InvalidConfigurationError(f"nothing listens on {host}:{port} after waiting")
 
 
+def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_cluster_up(args: argparse.Namespace) -> int:
     if args.coordinators < 1:
         raise InvalidConfigurationError("--coordinators must be at least 1")
@@ -131,7 +135,10 @@ def run_cluster_up(args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.wait()
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Both signals stop the cluster, even when started in the background (where a shell
+    # leaves SIGINT ignored).
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     try:
         cports = [args.coordinator_port + i for i in range(args.coordinators)]
         peers = ",".join(f"{i}={host}:{args.peer_port + i - 1}" for i in range(1, len(cports) + 1))
