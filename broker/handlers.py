@@ -27,12 +27,16 @@ from coordinator.client import CoordinatorClient, CreateOp, DeleteOp
 from proto import messages as m
 from proto.codec import FileRecords
 from proto.errors import (
+    BrokerRequestTimedOutError,
     BrokerResponseError,
+    ConnectionLossError,
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NodeExistsError,
     NoNodeError,
     NotLeaderForPartitionError,
+    OperationTimeoutError,
+    SessionMovedError,
     TopicAlreadyExistsError,
     TopicDeletionDisabledError,
     UnknownTopicOrPartitionError,
@@ -41,6 +45,9 @@ from proto.errors import (
 log = structlog.get_logger("broker.handlers")
 
 Handler = Callable[[Any], Awaitable[m.Response | None]]
+
+# Coordinator errors that mean "not now": the session is moving to another member.
+COORDINATOR_UNAVAILABLE = (ConnectionLossError, OperationTimeoutError, SessionMovedError)
 
 
 def _error(exc: BrokerResponseError) -> tuple[int, str | None]:
@@ -78,11 +85,38 @@ class RequestHandler:
 
     # --- helpers --------------------------------------------------------------------
 
+    async def _refresh(self) -> ClusterView:
+        """Reload metadata; while the coordinator is unreachable (a member died and the
+        session is moving to another), answer from the last view instead of failing."""
+        try:
+            return await self.cache.refresh_now()
+        except COORDINATOR_UNAVAILABLE as exc:
+            log.warning("metadata_refresh_failed", error=str(exc))
+            return self.cache.view
+
+    async def _multi(self, ops: list[CreateOp | DeleteOp], timeout_ms: int) -> None:
+        """A coordinator multi, retried across a coordinator failover until ``timeout_ms``.
+
+        Retrying is safe: a multi that did apply makes the retry fail with NodeExists or
+        NoNode, which the callers already turn into the answer a retry deserves.
+        """
+        delay = 0.05
+        with trio.move_on_after(timeout_ms / 1000):
+            while True:
+                try:
+                    await self.zk.multi(ops)
+                    return
+                except COORDINATOR_UNAVAILABLE as exc:
+                    log.warning("coordinator_write_retry", error=str(exc), retry_s=delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        raise BrokerRequestTimedOutError(f"the coordinator stayed unreachable for {timeout_ms} ms")
+
     async def _view_with(self, topics: list[str]) -> ClusterView:
         """The current view, reloaded once if it lacks a topic (created a moment ago)."""
         view = self.cache.view
         if any(t not in view.topics for t in topics):
-            view = await self.cache.refresh_now()
+            view = await self._refresh()
         return view
 
     def _topic_config(self, config: dict[str, str]) -> LogConfig:
@@ -168,7 +202,7 @@ class RequestHandler:
                 created = True  # someone else just made it
             except BrokerResponseError as exc:
                 log.info("auto_create_refused", topic=name, error=str(exc))
-        return await self.cache.refresh_now() if created else view
+        return await self._refresh() if created else view
 
     # --- Produce --------------------------------------------------------------------
 
@@ -287,21 +321,25 @@ class RequestHandler:
     # --- CreateTopics / DeleteTopics / DescribeConfigs ------------------------------
 
     async def create_topics(self, req: m.CreateTopicsRequest) -> m.CreateTopicsResponse:
-        view = await self.cache.refresh_now()
+        view = await self._refresh()
         results: list[m.CreatableTopicResult] = []
         for topic in req.topics:
             try:
-                await self._create_topic(view, topic, req.validate_only)
+                await self._create_topic(view, topic, req.validate_only, req.timeout_ms)
             except BrokerResponseError as exc:
                 results.append(m.CreatableTopicResult(topic.name, exc.code, exc.message))
                 continue
             results.append(m.CreatableTopicResult(topic.name, 0))
         if not req.validate_only:
-            await self.cache.refresh_now()
+            await self._refresh()
         return m.CreateTopicsResponse(results)
 
     async def _create_topic(
-        self, view: ClusterView, topic: m.CreatableTopic, validate_only: bool
+        self,
+        view: ClusterView,
+        topic: m.CreatableTopic,
+        validate_only: bool,
+        timeout_ms: int = 30_000,
     ) -> None:
         validate_topic_name(topic.name)
         if topic.name in view.topics:
@@ -332,25 +370,25 @@ class RequestHandler:
             ops.append(CreateOp(zl.partition_path(topic.name, p)))
             ops.append(CreateOp(zl.partition_state_path(topic.name, p), state.encode()))
         try:
-            await self.zk.multi(ops)
+            await self._multi(ops, timeout_ms)
         except NodeExistsError as exc:
             raise TopicAlreadyExistsError(f"topic {topic.name!r} already exists") from exc
         log.info("topic_created", topic=topic.name, partitions=partitions, replication_factor=rf)
 
     async def delete_topics(self, req: m.DeleteTopicsRequest) -> m.DeleteTopicsResponse:
-        view = await self.cache.refresh_now()
+        view = await self._refresh()
         results: list[m.DeletableTopicResult] = []
         for name in req.topic_names:
             try:
-                await self._delete_topic(view, name)
+                await self._delete_topic(view, name, req.timeout_ms)
             except BrokerResponseError as exc:
                 results.append(m.DeletableTopicResult(name, exc.code, exc.message))
                 continue
             results.append(m.DeletableTopicResult(name, 0))
-        await self.cache.refresh_now()
+        await self._refresh()
         return m.DeleteTopicsResponse(results)
 
-    async def _delete_topic(self, view: ClusterView, name: str) -> None:
+    async def _delete_topic(self, view: ClusterView, name: str, timeout_ms: int = 30_000) -> None:
         if not self.config.delete_topic_enable:
             raise TopicDeletionDisabledError("delete.topic.enable is false on this broker")
         info = view.topics.get(name)
@@ -364,7 +402,7 @@ class RequestHandler:
         ops.append(DeleteOp(zl.topic_path(name)))
         ops.append(DeleteOp(zl.topic_config_path(name)))
         try:
-            await self.zk.multi(ops)
+            await self._multi(ops, timeout_ms)
         except NoNodeError as exc:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist") from exc
         log.info("topic_deleted", topic=name)

@@ -19,7 +19,12 @@ import trio
 
 from broker import zk_layout as zl
 from coordinator.client import CoordinatorClient, WatchedEvent
-from proto.errors import NoNodeError
+from proto.errors import (
+    ConnectionLossError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionMovedError,
+)
 
 log = structlog.get_logger("broker.metadata")
 
@@ -157,6 +162,16 @@ class MetadataCache:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.refresh_now()
         task_status.started()
+        delay = 0.05
         while True:
             await self._dirty.wait()
-            await self.refresh_now()
+            try:
+                await self.refresh_now()
+                delay = 0.05
+            except (ConnectionLossError, OperationTimeoutError, SessionMovedError) as exc:
+                # The session is moving to another coordinator member: try again shortly
+                # (the client queues requests until it reconnects).
+                log.warning("metadata_refresh_failed", error=str(exc), retry_s=delay)
+                self._dirty.set()
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)

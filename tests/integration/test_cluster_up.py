@@ -27,6 +27,13 @@ def _processes_using(path: Path) -> list[int]:
     return pids
 
 
+def _pid_of(path: Path, marker: str) -> int:
+    for pid in _processes_using(path):
+        if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "):
+            return pid
+    raise AssertionError(f"no process {marker!r}")
+
+
 def test_cluster_up_with_a_coordinator_ensemble(tmp_path: Path) -> None:
     data = tmp_path / "data"
     broker_port, coord_port, peer_port = free_port(), free_port(), free_port()
@@ -60,6 +67,15 @@ def test_cluster_up_with_a_coordinator_ensemble(tmp_path: Path) -> None:
         consumer.close()
         assert [r.value for r in got[TopicPartition("up", 1)]] == [b"v", b"v", b"v"]
         assert len(_processes_using(data)) == 5 + 1  # 3 coordinators, 2 brokers, cluster up
+
+        # Any one coordinator may die: the brokers' sessions move to another member.
+        coordinator_1 = _pid_of(data, "coordinator --id 1 ")
+        os.kill(coordinator_1, signal.SIGKILL)
+        with Admin(bootstrap_servers=bootstrap) as admin:
+            admin.create_topics([NewTopic("after", 1, 1)])
+            assert sorted(admin.list_topics()) == ["after", "up"]
+        with Producer(bootstrap_servers=bootstrap) as producer:
+            assert producer.send("after", b"w").get(timeout=30).offset == 0
     finally:
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
