@@ -21,6 +21,7 @@ from broker.config import BrokerConfig
 from broker.log import Log, LogManager
 from broker.log.config import LogConfig
 from broker.metadata_cache import ClusterView, MetadataCache
+from broker.partition_logs import open_partition_log
 from broker.purgatory import FetchPurgatory
 from broker.topics import INTERNAL_TOPICS, assign_replicas, validate_topic_name
 from coordinator.client import CoordinatorClient, CreateOp, DeleteOp
@@ -120,7 +121,7 @@ class RequestHandler:
         return view
 
     def _topic_config(self, config: dict[str, str]) -> LogConfig:
-        return LogConfig.from_props(config, self.config.log) if config else self.config.log
+        return topic_log_config(self.config.log, config)
 
     def _leader_log(self, view: ClusterView, topic: str, partition: int) -> Log:
         """The local log of a partition this broker leads, or the error that says why not."""
@@ -137,9 +138,8 @@ class RequestHandler:
         existing = self.logs.get_log(topic, partition)
         if existing is not None:
             return existing
-        return self.logs.get_or_create_log(
-            topic, partition, self._topic_config(view.topics[topic].config)
-        )
+        info_t = view.topics[topic]
+        return open_partition_log(self.logs, info_t, partition, self._topic_config(info_t.config))
 
     # --- ApiVersions / Metadata ---------------------------------------------------------
 
@@ -421,6 +421,11 @@ class RequestHandler:
             effective = self._topic_config(info.config).to_props()
             results.append(m.DescribeConfigsResult(name, 0, effective, sorted(info.config)))
         return m.DescribeConfigsResponse(results)
+
+
+def topic_log_config(broker_defaults: LogConfig, overrides: dict[str, str]) -> LogConfig:
+    """A topic's effective log config: the broker's defaults overlaid by its overrides."""
+    return LogConfig.from_props(overrides, broker_defaults) if overrides else broker_defaults
 
 
 def close_file_records(resp: m.FetchResponse) -> None:

@@ -26,9 +26,10 @@ import trio
 
 from broker import zk_layout as zl
 from broker.config import BrokerConfig
-from broker.handlers import RequestHandler, close_file_records
+from broker.handlers import RequestHandler, close_file_records, topic_log_config
 from broker.log import LogManager
 from broker.metadata_cache import ClusterView, MetadataCache
+from broker.partition_logs import reconcile_logs
 from broker.purgatory import FetchPurgatory
 from coordinator.client import CoordinatorClient, SessionState, open_coordinator
 from coordinator.recipes import register_ephemeral
@@ -99,6 +100,8 @@ class Broker:
         self._cache: MetadataCache | None = None
         self._handler: RequestHandler | None = None
         self.sessions_done = trio.Event()
+        self._last_view: ClusterView | None = None
+        self._strays: set[tuple[str, int]] = set()
 
     @property
     def zk(self) -> CoordinatorClient:
@@ -220,23 +223,14 @@ class Broker:
         )
 
     def reconcile(self, view: ClusterView) -> None:
-        """Make local logs match the assignment: create ours, delete deleted topics'."""
-        me = self.config.broker_id
-        for topic in view.topics.values():
-            config = self.handler._topic_config(topic.config)
-            for p, info in topic.partitions.items():
-                if me not in info.replicas:
-                    continue
-                existing = self.logs.get_log(topic.name, p)
-                if existing is None:
-                    self.logs.get_or_create_log(topic.name, p, config)
-                elif existing.config != config:
-                    existing.update_config(config)
-        for plog in self.logs.all_logs():
-            topic_info = view.topics.get(plog.topic)
-            if topic_info is None or plog.partition not in topic_info.partitions:
-                self.log.info("log_deleted", topic=plog.topic, partition=plog.partition)
-                self.logs.delete_log(plog.topic, plog.partition)
+        """Make local logs match the assignment (see ``broker.partition_logs``)."""
+        configs = {
+            name: topic_log_config(self.config.log, t.config) for name, t in view.topics.items()
+        }
+        reconcile_logs(
+            self.logs, self.config.broker_id, self._last_view, view, configs, self._strays
+        )
+        self._last_view = view
 
     # --- housekeeping -----------------------------------------------------------------
 
