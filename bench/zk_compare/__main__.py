@@ -1,0 +1,5 @@
+import sys
+
+from bench.zk_compare import main
+
+sys.exit(main())
