@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import trio
@@ -397,11 +397,13 @@ class CoordinatorClient:
     async def _run(self, conn: _Connection) -> None:
         while True:
             cause = await self._serve_connection(conn)
+            if self._closing:  # we closed it ourselves: nothing was lost
+                self._drop_connection(conn, cause)
+                await trio.aclose_forcefully(conn.stream)
+                return
             self._log.warning("connection_lost", error=str(cause))
             self._drop_connection(conn, cause)
             await trio.aclose_forcefully(conn.stream)
-            if self._closing:
-                return
             self._set_state(SessionState.SUSPENDED)
             reconnected = await self._reconnect()
             if reconnected is None:
@@ -415,7 +417,7 @@ class CoordinatorClient:
                 host, port = self.hosts[self._host_index]
                 self._host_index = (self._host_index + 1) % len(self.hosts)
                 try:
-                    return await self._handshake(host, port)
+                    return await self._handshake(host, port, self._reconnect_timeout_ms())
                 except SessionExpiredError:
                     self._set_state(SessionState.LOST)
                     return None
@@ -425,9 +427,15 @@ class CoordinatorClient:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    async def _handshake(self, host: str, port: int) -> _Connection:
+    def _reconnect_timeout_ms(self) -> int:
+        """Per attempt, as ZooKeeper's client: the session timeout shared among the hosts,
+        so a member that cannot let us in (no leader) does not use up the whole session."""
+        share = self.negotiated_timeout_ms // len(self.hosts)
+        return min(self.connect_timeout_ms, share) if share > 0 else self.connect_timeout_ms
+
+    async def _handshake(self, host: str, port: int, timeout_ms: int | None = None) -> _Connection:
         """Connect and establish (or resume) the session; CONNECTED on return."""
-        with trio.fail_after(self.connect_timeout_ms / 1000):
+        with trio.fail_after((timeout_ms or self.connect_timeout_ms) / 1000):
             stream = await trio.open_tcp_stream(host, port)
             try:
                 proto = ClientProtocol()
@@ -520,6 +528,23 @@ def _multi_op(op: CreateOp | DeleteOp | SetDataOp | CheckOp) -> MultiOp:
     return MultiOp(OpCode.CHECK, op.path, version=op.version)
 
 
+def _reraise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise a group holding exactly one exception as that exception, bare: its own
+    traceback and ``__cause__`` kept, and its ``__context__`` not replaced by the group
+    (trio's ``raise_saving_context`` idiom); any other group is raised unchanged."""
+    if len(group.exceptions) != 1:
+        raise group
+    exc = group.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        _reraise_single(exc)
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context, group
+
+
 @asynccontextmanager
 async def open_coordinator(
     hosts: str,
@@ -530,7 +555,11 @@ async def open_coordinator(
 ) -> AsyncIterator[CoordinatorClient]:
     """Connect to one of ``hosts`` ("h:p,h:p") and open a session; closing the context
     closes the session (its ephemerals are deleted). Raises ConnectionFailedError if no
-    server answers within connect_timeout_ms."""
+    server answers within connect_timeout_ms.
+
+    The body runs inside the client's nursery, but an error it raises comes out bare
+    (not wrapped in an ExceptionGroup), so ``except NoNodeError:`` around the ``async
+    with`` works; only several errors at once come out as a group."""
     client = CoordinatorClient(
         parse_hosts(hosts),
         session_timeout_ms=session_timeout_ms,
@@ -538,11 +567,14 @@ async def open_coordinator(
         request_timeout_ms=request_timeout_ms,
     )
     conn = await client._connect_first()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._run, conn)
-        try:
-            yield client
-        finally:
-            with trio.CancelScope(shield=True):
-                await client._close()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run, conn)
+            try:
+                yield client
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _reraise_single(group)

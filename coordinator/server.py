@@ -23,6 +23,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.consensus.host import EnsembleEngine
 from coordinator.engine import Close, Connect, Engine, Expire, Output, Request
 from coordinator.fourletter import ServerCounters, answer
+from coordinator.probe import MemberProbe
 from proto.errors import RemoteProtocolError
 from proto.framing import FrameDecoder
 from proto.zk import (
@@ -63,17 +64,23 @@ class _Server:
         self.counters = ServerCounters()
         self._ids = itertools.count(1)
         self.queue_send, self.queue_recv = trio.open_memory_channel[Any](math.inf)
+        self.probe: MemberProbe | None = None
 
     # --- the processor ----------------------------------------------------------------
 
     async def process_loop(self) -> None:
         async for first in self.queue_recv:
+            if self.probe is not None and self.probe.paused:
+                await self.probe.wait_resumed()
             batch = [first]
             while True:
                 try:
                     batch.append(self.queue_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+            # A connection that closed before its Connect was handled gets no session:
+            # nobody would own it, and the engine would remember a dead connection.
+            batch = [i for i in batch if not isinstance(i, Connect) or i.conn_id in self.conns]
             # Inline disk I/O: one fsync per group; see docs/coordinator.md on why.
             outputs = self.run_batch(batch)
             self.deliver(outputs)
@@ -191,6 +198,8 @@ class _Server:
         self.counters.packets_received += 1
         if isinstance(event, ConnectRequest):
             self.queue_send.send_nowait(Connect(conn.conn_id, event))
+            if self.probe is not None:
+                self.probe.connect_queued()
             return
         now = _now_ms()
         self.engine.touch(conn.conn_id, now)
@@ -207,13 +216,15 @@ async def serve(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     peer_listeners: list[trio.SocketListener] | None = None,
+    probe: MemberProbe | None = None,
 ) -> None:
     """Recover from ``config.data_dir``, listen, report ``(host, port)``, serve until
     cancelled. With ``config.peers`` it runs as an ensemble member (``peer_listeners``:
-    already bound peer listeners, for tests on port 0)."""
+    already bound peer listeners, for tests on port 0; ``probe``: test hooks, see
+    ``coordinator.probe``)."""
     log = structlog.get_logger("coordinator").bind(coordinator_id=config.id)
     if config.ensemble:
-        await _serve_ensemble(config, log, task_status, peer_listeners)
+        await _serve_ensemble(config, log, task_status, peer_listeners, probe)
         return
     engine = Engine(config, now_ms=_now_ms(), wall_ms=_wall_ms())
     try:
@@ -297,6 +308,8 @@ class _MemberServer(_Server):
                 term=engine.node.term,
                 last_zxid=f"{engine.tree.last_zxid:#x}",
             )
+            if self.probe is not None:
+                self.probe.report_state(engine.state, engine.node.leader_id, engine.node.term)
         return out
 
     def answer_word(self, word: str) -> str:
@@ -396,6 +409,7 @@ async def _serve_ensemble(
     log: Any,
     task_status: trio.TaskStatus[tuple[str, int]],
     peer_listeners: list[trio.SocketListener] | None,
+    probe: MemberProbe | None,
 ) -> None:
     size = len(config.peers)
     if size % 2 == 0:
@@ -409,6 +423,7 @@ async def _serve_ensemble(
     engine = EnsembleEngine(config, now_ms=_now_ms(), wall_ms=_wall_ms(), rng=rng)
     try:
         server = _MemberServer(config, engine, log)
+        server.probe = probe
         if peer_listeners is None:
             peer_listeners = await trio.open_tcp_listeners(config.peer_port, host=config.peer_host)
         listeners = await trio.open_tcp_listeners(config.port, host=config.host)

@@ -2,11 +2,13 @@
 
 ``CoordinatorHarness`` runs ``serve`` in a nursery on 127.0.0.1 and can stop and restart
 it on the same port and data dir, to exercise recovery and client reconnection.
+``EnsembleHarness`` does the same for an ensemble, each member with a ``MemberProbe``: its
+role changes are events to wait on (``leader()``), and ``pause``/``resume`` hold a member
+back deterministically.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +17,11 @@ from typing import Any
 import trio
 
 from coordinator.config import CoordinatorConfig
+from coordinator.probe import MemberProbe
 from coordinator.server import serve
 from proto.zk import PROTOCOL_VERSION, ClientProtocol, ConnectRequest, ConnectResponse, Reply
 
-__all__ = ["ChaosProxy", "CoordinatorHarness", "EnsembleHarness", "RawSession"]
+__all__ = ["ChaosProxy", "CoordinatorHarness", "EnsembleHarness", "MemberProbe", "RawSession"]
 
 
 class CoordinatorHarness:
@@ -164,7 +167,8 @@ class ChaosProxy:
 class EnsembleHarness:
     """``size`` ensemble members in one nursery, on 127.0.0.1 with port-0 client and peer
     ports (the peer listeners are bound first so every member knows the others' ports).
-    ``stop(i)`` / ``start(i)`` crash and restart member ``i`` on the same ports and dir."""
+    ``stop(i)`` / ``start(i)`` crash and restart member ``i`` on the same ports and dir;
+    ``pause(i)`` / ``resume(i)`` stall its request processor (see ``MemberProbe``)."""
 
     def __init__(self, nursery: trio.Nursery, data_dir: Path, size: int = 3, **config: Any):
         self.nursery = nursery
@@ -176,6 +180,8 @@ class EnsembleHarness:
         self.addresses: dict[int, tuple[str, int]] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._stopped: dict[int, trio.Event] = {}
+        self.probes: dict[int, MemberProbe] = {}
+        self._changed = trio.Event()
 
     @property
     def hosts(self) -> str:
@@ -206,12 +212,15 @@ class EnsembleHarness:
             listeners = await trio.open_tcp_listeners(self.peer_ports[member], host="127.0.0.1")
         config = self.config(member)
         self._stopped[member] = stopped = trio.Event()
+        self.probes[member] = probe = MemberProbe(self._on_probe)
 
         async def run(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
             try:
                 with trio.CancelScope() as scope:
                     self._scopes[member] = scope
-                    await serve(config, task_status=task_status, peer_listeners=listeners)
+                    await serve(
+                        config, task_status=task_status, peer_listeners=listeners, probe=probe
+                    )
             finally:
                 stopped.set()
 
@@ -234,11 +243,26 @@ class EnsembleHarness:
             await trio.aclose_forcefully(stream)
         return b"".join(chunks).decode()
 
+    def pause(self, member: int) -> None:
+        """Hold member ``member`` back: it queues everything and handles nothing."""
+        self.probes[member].pause()
+
+    def resume(self, member: int) -> None:
+        self.probes[member].resume()
+
+    def _on_probe(self, probe: MemberProbe) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def running_leader(self) -> int | None:
+        """A running member that currently reports itself leader, or None."""
+        for i in self.ids:
+            if i in self._scopes and self.probes[i].role == "leader":
+                return i
+        return None
+
     async def leader(self) -> int:
-        """Wait until some member reports itself leader; returns its id."""
-        while True:
-            for i in list(self._scopes):
-                with contextlib.suppress(OSError, trio.BrokenResourceError):
-                    if "zk_server_state\tleader" in await self.four_letter(i, "mntr"):
-                        return i
-            await trio.sleep(0.05)
+        """Wait until some running member reports itself leader; returns its id."""
+        while (leader := self.running_leader()) is None:
+            await self._changed.wait()
+        return leader

@@ -111,7 +111,10 @@ class PeerHello:
 @dataclass(frozen=True, slots=True)
 class ForwardRequest:
     """A follower's client write, sync or session change for the leader. ``opcode`` is a
-    ``proto.zk.OpCode`` (or ``CREATE_SESSION``); ``body`` its request in wire form."""
+    ``proto.zk.OpCode``, or ``CREATE_SESSION`` / ``REVALIDATE_SESSION`` (a reconnecting
+    client's session: alive or expired?, body its password; see
+    ``coordinator.consensus.proposer``);
+    ``body`` its request in wire form."""
 
     fwd_id: int
     session_id: int

@@ -3,9 +3,8 @@
 
 Reads are answered from the local, committed tree (sequential consistency). A write, a
 sync or a new session goes to the leader: directly on the leader, as a ``ForwardRequest``
-from a follower. The leader prepares it against its *proposal tree* (the committed tree
-plus every entry it has proposed, so pipelined writes validate against each other),
-proposes the txn and answers with the entry's (index, term). The member that holds the
+from a follower. The leader's ``Proposer`` (``proposer.py``) prepares and proposes it and
+answers with the entry's (index, term). The member that holds the
 client connection replies once it has applied that index itself, building the reply from
 its own apply: so the client can read its write at once, and on every connection a
 watch notification still precedes the reply to any later read. Errors and syncs carry the
@@ -14,9 +13,14 @@ index for a sync), which is what makes ``sync`` a read barrier.
 
 Sessions: every member reports the sessions it hears from to the leader
 (``SessionTouch``); only the leader expires sessions, and a new leader starts every
-session's timeout afresh. When the leader changes, every client connection with a request
-in flight is closed (its request fails with ConnectionLoss, as in ZooKeeper) and the client
-reconnects with its session.
+session's timeout afresh. A client reconnecting with a session is *revalidated* by the
+leader, as in ZooKeeper: the member forwards ``REVALIDATE_SESSION``, the leader alone
+decides alive (touching the session) or expired and answers like a sync (once confirmed
+as leader, with its commit index); the member answers the client once it has applied
+that far, so it knows the session (even one created on the
+leader a moment ago) and has caught up with whatever the client saw before. When the
+leader changes, every client connection with a request in flight is closed (its request
+fails with ConnectionLoss, as in ZooKeeper) and the client reconnects with its session.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from typing import Any
 from coordinator.config import CoordinatorConfig
 from coordinator.consensus.disk import RaftDisk
 from coordinator.consensus.node import RaftNode, Ready, Role
+from coordinator.consensus.proposer import (
+    CLOSE_SESSION_EXPIRED,
+    CREATE_SESSION,
+    REVALIDATE_SESSION,
+    Proposer,
+)
 from coordinator.engine import NOT_LOCAL, Close, Connect, Engine, Expire, Output, Request, Send
 from coordinator.prepare import MultiAborted, validate_path
 from coordinator.sessions import SessionTracker, first_session_id
@@ -37,19 +47,15 @@ from coordinator.tree import DataTree
 from coordinator.txn import (
     CloseSessionTxn,
     CreateSessionTxn,
-    Txn,
-    TxnOp,
     decode_txn,
-    encode_txn,
-    make_zxid,
 )
 from coordinator.watches import WatchManager
-from proto.codec import from_wire, packb, to_wire, unpackb
-from proto.errors import BrokerResponseError, RemoteProtocolError
+from proto.codec import packb, to_wire, unpackb
+from proto.errors import BrokerResponseError
 from proto.zk import (
-    MESSAGE_TYPES,
     PROTOCOL_VERSION,
     CloseSessionRequest,
+    ConnectRequest,
     ConnectResponse,
     MultiRequest,
     OpCode,
@@ -58,10 +64,14 @@ from proto.zk import (
 )
 from proto.zk_peer import ForwardRequest, ForwardResponse, PeerMessage, SessionTouch
 
-__all__ = ["CREATE_SESSION", "EnsembleEngine"]
+__all__ = ["CREATE_SESSION", "REVALIDATE_SESSION", "EnsembleEngine"]
 
-CREATE_SESSION = -10  # ForwardRequest opcode: body [timeout_ms, password]
-CLOSE_SESSION_EXPIRED = -12  # leader-internal: expire a session
+
+@dataclass(frozen=True, slots=True)
+class _Reconnect:
+    """A waiter's body: a client resuming a session, until the leader revalidated it."""
+
+    request: ConnectRequest
 
 
 @dataclass(slots=True)
@@ -70,7 +80,7 @@ class _Waiter:
 
     conn_id: int
     xid: int
-    body: Any  # the request; or a ConnectResponse for a new session
+    body: Any  # the request; a ConnectResponse for a new session; a _Reconnect
     term: int = 0
     error_code: int = 0
     abort_index: int = -1
@@ -80,13 +90,13 @@ class EnsembleEngine(Engine):
     __slots__ = (
         "_awaiting",
         "_barriers",
-        "_counter_term",
         "_fwd",
+        "_live",
         "_next_ctx",
         "_next_fwd",
         "_parked",
         "_peer_out",
-        "_proposal_tree",
+        "_proposer",
         "_reads",
         "_seen_leader",
         "_touched",
@@ -115,7 +125,6 @@ class EnsembleEngine(Engine):
         )
         self._epoch = 0
         self._counter = 0
-        self._counter_term = 0
         self.sessions = SessionTracker(config.min_timeout_ms, config.max_timeout_ms)
         self._next_session_id = first_session_id(config.id, wall_ms)
         self.watches = WatchManager()
@@ -125,16 +134,20 @@ class EnsembleEngine(Engine):
 
         self.latency = LatencyStats()
         self.storage = None  # type: ignore[assignment]
-        self._proposal_tree: DataTree | None = None
+        self._proposer: Proposer | None = None  # while leading
         self._awaiting: dict[int, list[_Waiter]] = {}  # index -> waiters
         self._barriers: list[tuple[int, _Waiter]] = []  # (index, waiter): reply once applied
         self._fwd: dict[int, _Waiter] = {}  # follower: fwd_id -> waiter
         self._next_fwd = 1
-        self._reads: dict[int, tuple[int, int, int]] = {}  # leader: ctx -> (src, fwd_id, 0)
+        # Leader: ReadIndex ctx -> (src, fwd_id, error code to answer once confirmed).
+        self._reads: dict[int, tuple[int, int, int]] = {}
         self._next_ctx = 1
         self._parked: list[tuple[int, int, Any]] = []  # (sid, opcode, (waiter, wire))
         self._peer_out: list[PeerMessage] = []
         self._touched: set[int] = set()
+        # Connections whose Connect we handled and that are still open: a session created
+        # or revalidated for a connection that closed meanwhile is not bound to it.
+        self._live: set[int] = set()
         self._seen_leader: tuple[Role, int | None, int] = (Role.FOLLOWER, None, hs.term)
 
     # --- queries ------------------------------------------------------------------------
@@ -161,6 +174,10 @@ class EnsembleEngine(Engine):
         sid = self._conn_session.get(conn_id)
         if sid is not None:
             self._touch_session(sid, now_ms)
+
+    def connection_closed(self, conn_id: int) -> None:
+        self._live.discard(conn_id)
+        super().connection_closed(conn_id)
 
     def _touch_session(self, sid: int, now_ms: int) -> None:
         if self.node.is_leader:
@@ -205,7 +222,7 @@ class EnsembleEngine(Engine):
                 self.latency.record(now_ms - item.arrived_ms)
             elif isinstance(item, Connect):
                 self._client_connect(item, out, now_ms, wall_ms)
-            elif isinstance(item, Expire) and self._proposal_tree is not None:
+            elif isinstance(item, Expire) and self._proposer is not None:
                 self._submit_local(item.session_id, CLOSE_SESSION_EXPIRED, None, None, wall_ms)
         return out
 
@@ -221,6 +238,7 @@ class EnsembleEngine(Engine):
             self._maybe_snapshot()
             self._check_leader(now_ms, wall_ms, out)
         self._check_leader(now_ms, wall_ms, out)
+        self._release_barriers(out)  # those already applied need no new Ready
         peer_out, self._peer_out = self._peer_out, []
         return peer_out
 
@@ -231,10 +249,11 @@ class EnsembleEngine(Engine):
 
     def _client_connect(self, item: Connect, out: list[Output], now_ms: int, wall_ms: int) -> None:
         req = item.request
-        if req.last_zxid_seen > self.tree.last_zxid:
-            out.append(Close(item.conn_id, "client_zxid_ahead"))
-            return
+        self._live.add(item.conn_id)
         if req.session_id == 0:
+            if req.last_zxid_seen > self.tree.last_zxid:
+                out.append(Close(item.conn_id, "client_zxid_ahead"))
+                return
             timeout_ms = self.sessions.negotiate(req.timeout_ms)
             sid = self._new_session_id()
             password = secrets.token_bytes(16)
@@ -242,20 +261,42 @@ class EnsembleEngine(Engine):
             waiter = _Waiter(item.conn_id, 0, response)
             self._route(waiter, sid, CREATE_SESSION, [timeout_ms, password], out, wall_ms)
             return
+        # A session may be committed but not applied here yet, or expiring on the leader
+        # but not closed here yet: only the leader's answer decides (ZooKeeper's revalidate).
+        waiter = _Waiter(item.conn_id, 0, _Reconnect(req))
+        self._route(waiter, req.session_id, REVALIDATE_SESSION, req.password, out, wall_ms)
+
+    def _finish_reconnect(self, w: _Waiter, out: list[Output]) -> None:
+        """The leader answered and we applied up to its index: resume, or refuse."""
+        if w.conn_id not in self._live:
+            return  # the client went away meanwhile
+        req: ConnectRequest = w.body.request
         sid = req.session_id
         record = self.tree.sessions.get(sid)
-        closing = self.node.is_leader and sid in self.sessions and not self.sessions.is_live(sid)
-        if record is None or closing or not secrets.compare_digest(record.password, req.password):
+        if (
+            w.error_code
+            or record is None
+            or not secrets.compare_digest(record.password, req.password)
+        ):
             expired = ConnectResponse(PROTOCOL_VERSION, 0, 0, b"")
-            out.append(Send(item.conn_id, self._connect_frame(expired)))
-            out.append(Close(item.conn_id, "session_expired"))
+            out.append(Send(w.conn_id, self._connect_frame(expired)))
+            out.append(Close(w.conn_id, "session_expired"))
+            self._live.discard(w.conn_id)
             return
-        self._touch_session(sid, now_ms)
-        self._bind(item.conn_id, sid, out)
+        if req.last_zxid_seen > self.tree.last_zxid:
+            # Even caught up with the leader we asked, we are behind what the client saw
+            # (it saw a newer leader): refuse, so it tries another member.
+            out.append(Close(w.conn_id, "client_zxid_ahead"))
+            self._live.discard(w.conn_id)
+            return
+        self._touch_session(sid, self.node.now_ms)
+        self._bind(w.conn_id, sid, out)
         response = ConnectResponse(PROTOCOL_VERSION, record.timeout_ms, sid, record.password)
-        out.append(Send(item.conn_id, self._connect_frame(response)))
+        out.append(Send(w.conn_id, self._connect_frame(response)))
 
     def _bind(self, conn_id: int, sid: int, out: list[Output]) -> None:
+        if conn_id not in self._live:
+            return  # closed while its session was being created: nothing to remember
         old = self._session_conn.get(sid)
         if old is not None and old != conn_id:
             self.connection_closed(old)
@@ -288,7 +329,7 @@ class EnsembleEngine(Engine):
     ) -> None:
         """Send a write/sync/new session to the leader (ourselves, or by forwarding)."""
         node = self.node
-        if node.is_leader and self._proposal_tree is not None:
+        if node.is_leader and self._proposer is not None:
             self._submit_local(sid, opcode, wire, waiter, wall_ms)
             return
         leader = node.leader_id
@@ -305,71 +346,43 @@ class EnsembleEngine(Engine):
     # --- leader side --------------------------------------------------------------------
 
     def _on_forward(self, src: int, req: ForwardRequest, wall_ms: int) -> None:
-        if not self.node.is_leader or self._proposal_tree is None:
+        proposer = self._proposer
+        if not self.node.is_leader or proposer is None:
             return  # the follower fails it when it learns of the new leader
-        if req.opcode == OpCode.SYNC:
-            ctx = self._next_ctx
-            self._next_ctx += 1
-            self._reads[ctx] = (src, req.fwd_id, 0)
-            self.node.read_index(ctx)
+        if req.opcode in (OpCode.SYNC, REVALIDATE_SESSION):
+            self._read_index(src, req.fwd_id, req.session_id, req.opcode, req.body)
             return
-        index, term, code, abort = self._propose(req.session_id, req.opcode, req.body, wall_ms)
-        reply = ForwardResponse(req.fwd_id, index, term, code, abort)
+        o = proposer.propose(req.session_id, req.opcode, req.body, wall_ms)
+        reply = ForwardResponse(req.fwd_id, o.index, o.term, o.error_code, o.abort_index)
         self._peer_out.append(PeerMessage(self.config.id, src, reply))
 
     def _submit_local(
         self, sid: int, opcode: int, wire: Any, waiter: _Waiter | None, wall_ms: int
     ) -> None:
-        if opcode == OpCode.SYNC:
+        proposer = self._proposer
+        assert proposer is not None
+        if opcode in (OpCode.SYNC, REVALIDATE_SESSION):
             assert waiter is not None
-            ctx = self._next_ctx
-            self._next_ctx += 1
-            self._reads[ctx] = (self.config.id, 0, 0)
+            ctx = self._read_index(self.config.id, 0, sid, opcode, wire)
             self._fwd[-ctx] = waiter
-            self.node.read_index(ctx)
             return
-        index, term, code, abort = self._propose(sid, opcode, wire, wall_ms)
+        o = proposer.propose(sid, opcode, wire, wall_ms)
         if waiter is not None:
-            self._on_outcome(waiter, index, term, code, abort)
+            self._on_outcome(waiter, o.index, o.term, o.error_code, o.abort_index)
 
-    def _propose(self, sid: int, opcode: int, wire: Any, wall_ms: int) -> tuple[int, int, int, int]:
-        """Prepare and propose; returns (index, term, error code, multi abort index)."""
-        tree = self._proposal_tree
-        node = self.node
-        assert tree is not None
-        try:
-            op = self._prepare_forwarded(tree, sid, opcode, wire)
-        except MultiAborted as exc:
-            return node.log.last_index, 0, exc.error.code, exc.index
-        except BrokerResponseError as exc:
-            return node.log.last_index, 0, exc.code, -1
-        except RemoteProtocolError:
-            return node.log.last_index, 0, -2, -1
-        if op is None:  # expiring a session that is already gone
-            return node.log.last_index, 0, 0, -1
-        if self._counter_term != node.term:
-            self._counter_term, self._counter = node.term, 0
-        self._counter += 1
-        txn = Txn(make_zxid(node.term, self._counter), wall_ms, sid, op)
-        tree.apply(txn)
-        index = node.propose(encode_txn(txn))
-        return index, node.term, 0, -1
-
-    def _prepare_forwarded(self, tree: DataTree, sid: int, opcode: int, wire: Any) -> TxnOp | None:
-        if opcode == CREATE_SESSION:
-            timeout_ms, password = wire
-            return CreateSessionTxn(int(timeout_ms), bytes(password))
-        if opcode == CLOSE_SESSION_EXPIRED:
-            return CloseSessionTxn() if sid in tree.sessions else None
-        types = MESSAGE_TYPES.get(opcode)
-        if types is None:
-            raise RemoteProtocolError(f"cannot forward opcode {opcode}")
-        body = from_wire(types[0], wire)
-        if isinstance(body, CloseSessionRequest):
-            self.sessions.remove(sid)
-            if sid not in tree.sessions:
-                return None
-        return self.prepare_op(tree, sid, body)
+    def _read_index(self, src: int, fwd_id: int, sid: int, opcode: int, wire: Any) -> int:
+        """A sync, or a session revalidation: answered only once a heartbeat round has
+        confirmed that we still lead (a deposed leader's verdict would be stale), with
+        our commit index as the barrier. Returns the ReadIndex ctx."""
+        code = 0
+        if opcode == REVALIDATE_SESSION:
+            assert self._proposer is not None
+            code = self._proposer.revalidate(sid, wire)
+        ctx = self._next_ctx
+        self._next_ctx += 1
+        self._reads[ctx] = (src, fwd_id, code)
+        self.node.read_index(ctx)
+        return ctx
 
     # --- outcomes, applying -------------------------------------------------------------
 
@@ -411,8 +424,9 @@ class EnsembleEngine(Engine):
                 if w.term != entry.term:
                     self._fail(w, out)
                 elif isinstance(w.body, ConnectResponse):
-                    self._bind(w.conn_id, w.body.session_id, out)
-                    out.append(Send(w.conn_id, self._connect_frame(w.body)))
+                    if w.conn_id in self._live:  # else the session just times out
+                        self._bind(w.conn_id, w.body.session_id, out)
+                        out.append(Send(w.conn_id, self._connect_frame(w.body)))
                 else:
                     reply = self.write_reply(w.body, result.value)
                     out.append(Send(w.conn_id, self._frame(w.xid, 0, reply)))
@@ -421,13 +435,13 @@ class EnsembleEngine(Engine):
                 out.append(Close(closed_conn, "session_closed"))
         self._release_barriers(out)
         for rs in rd.read_states:
-            src, fwd_id, _ = self._reads.pop(rs.ctx)
+            src, fwd_id, code = self._reads.pop(rs.ctx)
             if src == self.config.id:
                 local = self._fwd.pop(-rs.ctx, None)
                 if local is not None:
-                    self._on_outcome(local, rs.index, 0, 0, -1)
+                    self._on_outcome(local, rs.index, 0, code, -1)
             else:
-                reply = ForwardResponse(fwd_id, rs.index, 0, 0)
+                reply = ForwardResponse(fwd_id, rs.index, 0, code)
                 self._peer_out.append(PeerMessage(self.config.id, src, reply))
         for ctx in rd.failed_reads:
             self._reads.pop(ctx, None)
@@ -440,6 +454,9 @@ class EnsembleEngine(Engine):
         applied = self.node.log.applied
         while self._barriers and self._barriers[0][0] <= applied:
             _, w = self._barriers.pop(0)
+            if isinstance(w.body, _Reconnect):
+                self._finish_reconnect(w, out)
+                continue
             if w.error_code:
                 body = None
                 if w.abort_index >= 0 and isinstance(w.body, MultiRequest):
@@ -471,7 +488,7 @@ class EnsembleEngine(Engine):
         old_leader = self._seen_leader[1]
         self._seen_leader = seen
         if was_leader and not node.is_leader:
-            self._proposal_tree = None
+            self._proposer = None
             self.sessions = SessionTracker(self.config.min_timeout_ms, self.config.max_timeout_ms)
         if old_leader != node.leader_id or was_leader != node.is_leader:
             # Whatever was in flight with the old leader may be lost: fail it.
@@ -484,24 +501,15 @@ class EnsembleEngine(Engine):
             for conn in sorted({w.conn_id for w in pending}):
                 self.connection_closed(conn)
                 out.append(Close(conn, "leader_changed"))
-        if node.is_leader and self._proposal_tree is None:
-            self._become_leader(now_ms)
-        ready = node.leader_id not in (None, self.config.id) or self._proposal_tree is not None
+        if node.is_leader and self._proposer is None:
+            # A new leader restarts every session's timeout (it cannot know the old ones).
+            self.sessions = SessionTracker(self.config.min_timeout_ms, self.config.max_timeout_ms)
+            self._proposer = Proposer(self.node, self.tree, self.sessions, self.prepare_op, now_ms)
+        ready = node.leader_id not in (None, self.config.id) or self._proposer is not None
         if ready and self._parked:
             parked, self._parked = self._parked, []
             for sid, opcode, (waiter, wire) in parked:
                 self._route(waiter, sid, opcode, wire, out, wall_ms)
-
-    def _become_leader(self, now_ms: int) -> None:
-        tree = DataTree.from_snapshot(self.tree.to_snapshot())
-        log = self.node.log
-        for entry in log.slice(log.applied + 1, log.last_index):
-            if entry.data:
-                tree.apply(decode_txn(entry.data))
-        self._proposal_tree = tree
-        self.sessions = SessionTracker(self.config.min_timeout_ms, self.config.max_timeout_ms)
-        for record in tree.sessions.values():
-            self.sessions.add(record.session_id, record.timeout_ms, now_ms)  # fresh timeout
 
     def _maybe_snapshot(self) -> None:
         log = self.node.log

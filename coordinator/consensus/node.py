@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,6 +97,8 @@ class _Progress:
     match: int = 0
     sent_commit: int = 0
     last_heard_ms: int = -(1 << 62)
+    # Last index of each append with entries not yet acknowledged (etcd's Inflights).
+    inflight: deque[int] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -120,6 +123,7 @@ class RaftNode:
         election_timeout_ms: int = 1000,
         heartbeat_interval_ms: int = 100,
         max_append_entries: int = 2048,
+        max_inflight_msgs: int = 256,
     ) -> None:
         if node_id not in members:
             raise ValueError(f"node {node_id} is not one of the members {sorted(members)}")
@@ -131,6 +135,9 @@ class RaftNode:
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_append_entries = max_append_entries
+        if max_inflight_msgs < 1:
+            raise ValueError("max_inflight_msgs must be at least 1")
+        self.max_inflight_msgs = max_inflight_msgs
         snap = snapshot or Snapshot(0, 0, b"")
         self.log = RaftLog(snap.index, snap.term, snap.data, list(entries))
         self.term = hard_state.term
@@ -434,7 +441,12 @@ class RaftNode:
 
     def _on_snapshot(self, src: int, req: InstallSnapshot) -> None:
         self._heard_from_leader(src)
-        if req.index > self.log.commit:
+        if req.index > self.log.commit and self.log.term_at(req.index) == req.snap_term:
+            # We hold the snapshot's last entry, so (log matching) all before it: keep the
+            # log, entries after it included (Raft §7). They may be acks that counted
+            # towards a commit; discarding them could lose a committed entry.
+            self.log.commit = req.index
+        elif req.index > self.log.commit:
             self.log.install_snapshot(req.index, req.snap_term, req.data)
             self.log.applied = req.index  # the host installs it before applying more
             self._pending_snapshot = Snapshot(req.index, req.snap_term, req.data)
@@ -461,7 +473,16 @@ class RaftNode:
         if not force and pr.next > log.last_index:
             return
         hi = min(log.last_index, pr.next + self.max_append_entries - 1)
+        if len(pr.inflight) >= self.max_inflight_msgs:
+            # The pipe to this follower is full: no more entries until acks free a slot.
+            # A heartbeat still goes, empty; it probes, and a lost append shows up as its
+            # rejection, which rewinds and empties the pipe.
+            if not force:
+                return
+            hi = pr.next - 1
         entries = log.slice(pr.next, hi) if pr.next <= hi else []
+        if entries:
+            pr.inflight.append(hi)
         prev = pr.next - 1
         prev_term = log.term_at(prev)
         assert prev_term is not None
@@ -482,9 +503,12 @@ class RaftNode:
                 pr.match = resp.match_index
                 self._maybe_commit()
             pr.next = max(pr.next, pr.match + 1)
+            while pr.inflight and pr.inflight[0] <= pr.match:
+                pr.inflight.popleft()
         else:
             # Rewind (never below what the follower is known to hold) and resend.
             pr.next = max(pr.match + 1, min(pr.next, resp.match_index + 1))
+            pr.inflight.clear()  # whatever was in flight past the rewind is resent
         if resp.read_seq:
             self._ack_reads(src, resp.read_seq)
         if not resp.success or pr.next <= self.log.last_index:

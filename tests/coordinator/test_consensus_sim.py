@@ -32,6 +32,7 @@ ELECTION_MS = 150
 HEARTBEAT_MS = 30
 STEP_MS = 5
 COMPACT_EVERY = 12
+INFLIGHT = 3  # max in-flight appends per follower: small, so the chaos runs hit the cap
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Host:
             election_timeout_ms=ELECTION_MS,
             heartbeat_interval_ms=HEARTBEAT_MS,
             max_append_entries=5,
+            max_inflight_msgs=self.sim.max_inflight,
         )
         self.state = [] if d.snapshot is None else list(unpackb(d.snapshot.data))
         self.applied_index = 0 if d.snapshot is None else d.snapshot.index
@@ -131,7 +133,7 @@ class Host:
 
 
 class Sim:
-    def __init__(self, seed: int, n: int) -> None:
+    def __init__(self, seed: int, n: int, *, max_inflight: int = INFLIGHT) -> None:
         self.rng = random.Random(seed)
         self.now = 0
         self.oracle = Oracle()
@@ -140,7 +142,10 @@ class Sim:
         self.seq = 0
         self.loss = 0.0
         self.dup = 0.0
+        self.min_delay = 1
         self.max_delay = 1
+        self.fifo = False  # deliver in send order (as the real peer links, over TCP, do)
+        self.max_inflight = max_inflight
         self.groups: dict[int, int] = {}  # node -> partition group; absent: group 0
         self.hosts = [Host(i, self.members, self) for i in self.members]
         self.proposed = 0
@@ -154,7 +159,7 @@ class Sim:
         copies = 2 if self.rng.random() < self.dup else 1
         for _ in range(copies):
             self.seq += 1
-            due = self.now + self.rng.randint(1, self.max_delay)
+            due = self.now + self.rng.randint(self.min_delay, self.max_delay)
             self.in_flight.append((due, self.seq, msg))
 
     def connected(self, a: int, b: int) -> bool:
@@ -165,7 +170,10 @@ class Sim:
         if not due:
             return
         self.in_flight = [m for m in self.in_flight if m[0] > self.now]
-        self.rng.shuffle(due)
+        if self.fifo:
+            due.sort(key=lambda m: m[1])
+        else:
+            self.rng.shuffle(due)
         for _, _, msg in due:
             host = self.hosts[msg.dst - 1]
             if host.node is None or not self.connected(msg.src, msg.dst):
@@ -357,3 +365,42 @@ def test_follower_acks_only_after_persisting() -> None:
     frd = follower.node.ready()
     acks = [m for m in frd.messages if type(m.body).__name__ == "AppendResponse"]
     assert acks and any(e.index == index for e in frd.entries)
+
+
+def slow_link_run(cap: int) -> int:
+    """A write every step over slow links (100 ms each way, in order): returns the most
+    appends (with entries) ever on the wire to one follower; checks every write lands."""
+    sim = Sim(11, 3, max_inflight=cap)
+    while sim.leader() is None:
+        sim.step()
+    sim.fifo, sim.min_delay, sim.max_delay = True, 100, 100  # ms
+    leader = sim.leader()
+    assert leader is not None and leader.node is not None
+    most = 0
+    writes = [f"w{i}".encode() for i in range(200)]
+    for data in writes:
+        leader.node.propose(data)
+        leader.process()
+        sim.step()
+        for follower in (h.id for h in sim.hosts if h is not leader):
+            appends = sum(
+                1
+                for _, _, m in sim.in_flight
+                if m.dst == follower and getattr(m.body, "entries", None)
+            )
+            most = max(most, appends)
+    for _ in range(2000):
+        if all(h.state[-len(writes) :] == writes for h in sim.hosts):
+            break
+        sim.step()
+    assert sim.leader() is leader, "the test wants one leader throughout"
+    assert all(h.state[-len(writes) :] == writes for h in sim.hosts), "replication stalled"
+    return most
+
+
+def test_in_flight_appends_are_capped_and_replication_keeps_up() -> None:
+    # Uncapped, the leader keeps about a round trip's worth of appends in flight.
+    assert slow_link_run(256) > 10
+    # Capped, it never has more than ``cap`` (entries batch up instead), and keeps up.
+    assert slow_link_run(4) <= 4
+    assert slow_link_run(1) <= 1

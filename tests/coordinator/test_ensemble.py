@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 
 from coordinator.client import SessionState, open_coordinator
@@ -115,3 +116,18 @@ async def test_restarted_member_catches_up_from_a_snapshot(tmp_path: Path) -> No
 def test_id_must_be_a_member(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not in --peers"):
         CoordinatorConfig(id=4, data_dir=tmp_path, peers={1: ("h", 1), 2: ("h", 2)})
+
+
+async def test_an_even_ensemble_starts_with_a_warning(tmp_path: Path) -> None:
+    for size, warned in ((2, True), (3, False)):
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                h = EnsembleHarness(nursery, tmp_path / f"size-{size}", size, **FAST)
+                await h.start_all()
+                nursery.cancel_scope.cancel()
+        started = [e for e in logs if e["event"] == "coordinator_started"]
+        assert len(started) == size  # the capture sees the members' log lines
+        warnings = [e for e in logs if e["event"] == "even_ensemble_size"]
+        assert len(warnings) == (size if warned else 0)
+        for w in warnings:
+            assert w["log_level"] == "warning" and w["size"] == size

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
-from coordinator.client import EventType, SessionState, WatchedEvent, open_coordinator
+from coordinator.client import (
+    CoordinatorClient,
+    EventType,
+    SessionState,
+    WatchedEvent,
+    _Connection,
+    open_coordinator,
+)
 from coordinator.testing import ChaosProxy, CoordinatorHarness
-from proto.errors import ConnectionLossError, SessionExpiredError
+from proto.errors import ConnectionLossError, NoNodeError, SessionExpiredError
+from proto.zk import ClientProtocol
 
 
 @asynccontextmanager
@@ -172,3 +182,58 @@ async def test_session_expired_while_disconnected_goes_lost(
             assert states.seen == [SessionState.SUSPENDED, SessionState.LOST]
             with pytest.raises(SessionExpiredError):
                 await zk.get("/")
+
+
+async def test_closing_the_client_logs_no_connection_lost(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with coordinator(tmp_path) as h:
+        for _ in range(5):  # the log line raced the client's own shutdown
+            with structlog.testing.capture_logs() as logs:
+                async with open_coordinator(h.hosts) as zk:
+                    await zk.create("/x", ephemeral=True)
+            events = [e["event"] for e in logs]
+            assert "connected" in events  # the capture sees the client's log lines
+            assert "connection_lost" not in events, logs
+
+
+async def test_an_error_in_the_body_comes_out_bare(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with coordinator(tmp_path) as h:
+        with pytest.raises(NoNodeError):
+            async with open_coordinator(h.hosts) as zk:
+                await zk.get("/missing")
+        try:
+            async with open_coordinator(h.hosts) as zk:
+                try:
+                    await zk.get("/missing")
+                except NoNodeError as exc:
+                    raise KeyError("/missing") from exc
+        except KeyError as err:
+            caught = err
+        # The chain and the traceback are the body's own; the group is not in them.
+        assert isinstance(caught.__cause__, NoNodeError)
+        assert not isinstance(caught.__context__, BaseExceptionGroup)
+        frames = [f.f_code.co_name for f, _ in traceback.walk_tb(caught.__traceback__)]
+        assert "test_an_error_in_the_body_comes_out_bare" in frames
+        # The session was closed all the same: its ephemerals are gone.
+        async with open_coordinator(h.hosts) as zk:
+            assert await zk.get_children("/") == []
+
+
+async def test_a_connection_the_client_closed_is_not_reported_lost() -> None:
+    # Deterministic form of the race above: the connection task notices the end of a
+    # connection after the client started closing itself.
+    client = CoordinatorClient(
+        [("127.0.0.1", 1)], session_timeout_ms=6000, connect_timeout_ms=1000,
+        request_timeout_ms=1000,
+    )  # fmt: skip
+    ours, theirs = trio.testing.memory_stream_pair()
+    conn = _Connection(cast(trio.SocketStream, ours), ClientProtocol(), 4.0, 2.0)
+    client._closing = True
+    await theirs.aclose()
+    with structlog.testing.capture_logs() as logs:
+        with trio.fail_after(1):
+            await client._run(conn)
+    assert [e for e in logs if e["log_level"] == "warning"] == []
