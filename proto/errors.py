@@ -279,6 +279,12 @@ class DuplicateSequenceNumberError(BrokerResponseError):
     pass
 
 
+@register(47, "INVALID_PRODUCER_EPOCH")
+class InvalidProducerEpochError(BrokerResponseError):
+    """A produce from an idempotent producer whose epoch is older than the one the
+    partition has seen (Kafka 2.7+'s answer to a fenced producer's batch)."""
+
+
 @register(56, "KAFKA_STORAGE_ERROR", retriable=True)
 class KafkaStorageError(BrokerResponseError):
     """The log directory failed (full disk, I/O error)."""

@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from broker.log.config import LogConfig
+from broker.log.epoch_cache import (
+    LEADER_EPOCH_CHECKPOINT,
+    EpochEntry,
+    LeaderEpochCache,
+    LeaderEpochCheckpointFile,
+)
 from broker.log.segment import DELETED_SUFFIX, LogSegment
+from proto.batch import BatchHeader
+from proto.errors import KafkaStorageError
 
-__all__ = ["LoadResult", "load_segments"]
+__all__ = ["LoadResult", "load_leader_epoch_cache", "load_segments"]
 
 _SUFFIXES = (".log", ".index", ".timeindex")
 
@@ -124,3 +133,72 @@ def load_segments(
             s.close()
         raise
     return result
+
+
+def load_leader_epoch_cache(
+    dir: Path,
+    *,
+    clean: bool,
+    log_start_offset: int,
+    log_end_offset: int,
+    recovery_point: int,
+    headers_from: Callable[[int], Iterable[BatchHeader]],
+    last_header: BatchHeader | None,
+    log: Any,
+) -> LeaderEpochCache:
+    """The leader-epoch cache of a freshly loaded log, written through to its checkpoint.
+
+    * clean stop, checkpoint readable: trimmed to the log's range and kept if the last
+      batch's epoch agrees with the latest entry; otherwise rebuilt from every header;
+    * unclean stop: entries below the recovery point are kept (the checkpoint is fsynced
+      when it changes, before the batches it describes are), the rest is rebuilt from
+      the headers from the recovery point on;
+    * no checkpoint (or a malformed one): rebuilt from every batch header.
+    """
+    checkpoint = LeaderEpochCheckpointFile(dir / LEADER_EPOCH_CHECKPOINT)
+    try:
+        stored = checkpoint.read()
+    except KafkaStorageError as exc:
+        log.warning("leader_epoch_checkpoint_unreadable", error=str(exc))
+        stored = None
+    rebuild_from = log_start_offset
+    kept: list[EpochEntry] = []
+    if stored is not None and clean:
+        cache = LeaderEpochCache(stored)
+        cache.truncate_from_end(log_end_offset)
+        cache.truncate_from_start(log_start_offset)
+        if _agrees(cache, last_header):
+            if cache.entries != stored:
+                checkpoint.write(cache.entries)
+            return LeaderEpochCache(cache.entries, checkpoint=checkpoint)
+        log.warning(
+            "leader_epoch_checkpoint_stale",
+            latest=cache.latest_entry,
+            last_batch_epoch=last_header.leader_epoch if last_header else None,
+        )
+    elif stored is not None:
+        cache = LeaderEpochCache(stored)
+        cache.truncate_from_end(recovery_point)
+        kept, rebuild_from = cache.entries, recovery_point
+    cache = LeaderEpochCache(kept)
+    for h in headers_from(rebuild_from):
+        if h.leader_epoch >= 0:
+            cache.assign(h.leader_epoch, h.base_offset)
+    cache.truncate_from_start(log_start_offset)
+    entries = cache.entries
+    if entries != stored and (stored is not None or entries or checkpoint.path.exists()):
+        checkpoint.write(entries)
+    log.debug("leader_epoch_cache_rebuilt", from_offset=rebuild_from, entries=len(entries))
+    return LeaderEpochCache(entries, checkpoint=checkpoint)
+
+
+def _agrees(cache: LeaderEpochCache, last: BatchHeader | None) -> bool:
+    """Whether the log's last batch is consistent with the cache's latest entry."""
+    if last is None or last.leader_epoch < 0:
+        return True
+    latest = cache.latest_entry
+    return (
+        latest is not None
+        and latest.epoch == last.leader_epoch
+        and latest.start_offset <= last.base_offset
+    )

@@ -6,6 +6,13 @@ and CRC, patches base offset and leader epoch into a copy of the input and write
 one ``write``; ``read`` returns a file slice (``FileRecords``) for ``sendfile``. Time is an
 input (``now_ms``) so that rolling, retention and flushing are testable without sleeping.
 
+Replication state lives beside the segments: the leader-epoch cache (``epoch_cache.py``,
+fed by the epochs of appended batches, trimmed by truncation and retention) and the
+idempotent-producer state (``producer_state.py``: a leader append of a retried batch is
+answered with its original offsets, not written). Both are rebuilt from batch headers,
+never records, when their files are missing or the stop was unclean (``loader.py``,
+``producer_snapshot.py``); ``append.py`` decides an append before anything is written.
+
 Invariants: segments are sorted by base offset and contiguous; only the last (active)
 segment is written; ``log_start_offset <= recovery_point <= log_end_offset``.
 """
@@ -13,36 +20,28 @@ segment is written; ``log_start_offset <= recovery_point <= log_end_offset``.
 from __future__ import annotations
 
 import bisect
-import os
 import shutil
-import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import crc32c
 import structlog
 
+from broker.log.append import plan_append
+from broker.log.checkpoint import fsync_dir
 from broker.log.config import LogConfig
-from broker.log.loader import load_segments
-from broker.log.retention import count_expired_segments
-from broker.log.segment import MAX_RELATIVE_OFFSET, BatchMeta, LogSegment
-from proto.batch import CRC_START, iter_batches, set_base_offset, set_leader_epoch
+from broker.log.epoch_cache import LeaderEpochCache
+from broker.log.loader import load_leader_epoch_cache, load_segments
+from broker.log.producer_snapshot import delete_snapshots, load_producer_state, write_snapshot
+from broker.log.producer_state import ProducerStateManager
+from broker.log.retention import PendingDeletes, count_expired_segments
+from broker.log.segment import MAX_RELATIVE_OFFSET, LogSegment, headers_from, last_header
+from proto.batch import BatchHeader
 from proto.codec import FileRecords
-from proto.errors import (
-    InvalidRecordError,
-    KafkaStorageError,
-    MessageSizeTooLargeError,
-    OffsetOutOfRangeError,
-    RecordListTooLargeError,
-)
+from proto.errors import KafkaStorageError, OffsetOutOfRangeError, RecordListTooLargeError
 
 __all__ = ["AppendInfo", "Log", "ReadResult", "wall_clock_ms"]
-
-_MAX_TIMESTAMP = struct.Struct(">q")
-_MAX_TIMESTAMP_POS = 35
-_CRC = struct.Struct(">I")
-_CRC_POS = 17
 
 
 def wall_clock_ms() -> int:
@@ -57,6 +56,9 @@ class AppendInfo:
     log_start_offset: int
     batch_count: int
     bytes: int
+    # A retried idempotent batch already in the log: nothing was written and the offsets
+    # (and log_append_time_ms) are the original append's.
+    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +94,14 @@ class Log:
         )
         self._last_flush_ms = now_ms
         self._flush_upto = self._recovery_point  # rolled segments still to fsync
-        self._pending_deletes: list[tuple[int, LogSegment]] = []
+        self._pending_deletes = PendingDeletes()
         self._closed = False
         self._log = structlog.get_logger("broker.log").bind(topic=topic, partition=partition)
         self.recovered_bytes_scanned = 0  # bytes read by recovery scans when opened
         self.segments_recovered = 0
+        # Replaced by ``open`` with the ones loaded from the directory.
+        self._epoch_cache = LeaderEpochCache()
+        self._producers = ProducerStateManager()
 
     @classmethod
     def open(
@@ -131,6 +136,21 @@ class Log:
         )
         self.recovered_bytes_scanned = loaded.recovered_bytes_scanned
         self.segments_recovered = loaded.segments_recovered
+        try:
+            self._epoch_cache = load_leader_epoch_cache(
+                dir,
+                clean=clean,
+                log_start_offset=self.log_start_offset,
+                log_end_offset=self.log_end_offset,
+                recovery_point=self._recovery_point,
+                headers_from=self.headers_from,
+                last_header=last_header(self._segments),
+                log=log,
+            )
+            self._load_producer_state(log)
+        except (OSError, KafkaStorageError) as exc:
+            self._close_files(unlink_pending=False)
+            raise KafkaStorageError(f"cannot load {dir}: {exc}") from exc
         if not clean:
             log.info(
                 "log_recovered",
@@ -177,6 +197,34 @@ class Log:
     def _active(self) -> LogSegment:
         return self._segments[-1]
 
+    @property
+    def leader_epoch_cache(self) -> LeaderEpochCache:
+        return self._epoch_cache
+
+    @property
+    def producer_state(self) -> ProducerStateManager:
+        return self._producers
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """``(epoch, end offset)`` for OffsetForLeaderEpoch; (-1, -1) when undefined."""
+        return self._epoch_cache.end_offset_for(epoch, self.log_end_offset)
+
+    # --- batch headers (recovery of the epoch cache and producer state) -------------------
+
+    def headers_from(self, offset: int) -> Iterator[BatchHeader]:
+        """Headers of every batch from the one containing ``offset`` to the log end, read
+        in 64 KiB chunks: no CRC check, no record read."""
+        return headers_from(self._segments, offset)
+
+    def _load_producer_state(self, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._producers, _replayed_from = load_producer_state(
+            self.dir,
+            log_start_offset=self.log_start_offset,
+            log_end_offset=self.log_end_offset,
+            headers_from=self.headers_from,
+            log=log,
+        )
+
     # --- append -------------------------------------------------------------------------
 
     def append(
@@ -202,33 +250,39 @@ class Log:
             raise RecordListTooLargeError(
                 f"{len(buf)} bytes of batches exceed segment.bytes {config.segment_bytes}"
             )
-        first = next_offset = self.log_end_offset
-        append_time = config.log_append_time
-        metas: list[BatchMeta] = []
-        for pos, h in iter_batches(buf):
-            if h.size > config.max_message_bytes:
-                raise MessageSizeTooLargeError(
-                    f"batch of {h.size} bytes exceeds max.message.bytes {config.max_message_bytes}"
-                )
-            if assign_offsets:
-                set_base_offset(buf, next_offset, pos)
-                set_leader_epoch(buf, leader_epoch, pos)
-            elif h.base_offset != next_offset:
-                raise InvalidRecordError(
-                    f"batch base offset {h.base_offset} is not the next offset {next_offset}"
-                )
-            max_ts = h.max_timestamp
-            if append_time:
-                max_ts = now
-                _set_max_timestamp(buf, pos, h.size, now)
-            metas.append(BatchMeta(pos, next_offset, h.size, max_ts))
-            next_offset += h.record_count
+        first = self.log_end_offset
+        plan = plan_append(
+            buf,
+            config,
+            self._producers,
+            first_offset=first,
+            leader_epoch=leader_epoch,
+            assign_offsets=assign_offsets,
+            now_ms=now,
+        )
+        if plan.duplicate is not None:
+            dup = plan.duplicate
+            return AppendInfo(
+                dup.first_offset,
+                dup.last_offset,
+                dup.timestamp if config.log_append_time else -1,
+                self._log_start_offset,
+                0,
+                0,
+                duplicate=True,
+            )
+        next_offset, metas = plan.next_offset, plan.metas
+        append_time = config.log_append_time and assign_offsets
         try:
             if self._should_roll(len(buf), next_offset - 1, now):
                 self._roll(now)
             self._active.append(buf, metas, next_offset)
         except OSError as exc:
             raise KafkaStorageError(f"append to {self.dir.name} failed: {exc}") from exc
+        self._producers.commit(plan.producers)
+        for epoch, start_offset in plan.epochs:
+            if self._epoch_cache.assign(epoch, start_offset):
+                self._log.info("leader_epoch_assigned", epoch=epoch, start_offset=start_offset)
         if next_offset - self._recovery_point >= config.flush_messages:
             self.flush(now)
         return AppendInfo(
@@ -265,6 +319,8 @@ class Log:
         if old.size == 0:
             return
         old.seal()
+        # Kafka's producer snapshot at each roll bounds the replay at the next open.
+        write_snapshot(self.dir, old.next_offset, self._producers.producers, fsync=False)
         new = self._new_segment(old.next_offset, now_ms)
         self._segments.append(new)
         self._bases.append(new.base_offset)
@@ -350,7 +406,7 @@ class Log:
                 end = self._bases[i + 1] if i + 1 < len(self._bases) else seg.next_offset
                 if end > self._recovery_point and seg.base_offset < upto:
                     seg.fsync()
-            _fsync_dir(self.dir)  # new segment files must survive too
+            fsync_dir(self.dir)  # new segment files must survive too
         except OSError as exc:
             raise KafkaStorageError(f"flush of {self.dir.name} failed: {exc}") from exc
         self._recovery_point = max(self._recovery_point, upto)
@@ -371,6 +427,12 @@ class Log:
         self._recovery_point = max(self._recovery_point, self._log_start_offset)
         self._flush_upto = max(self._flush_upto, self._log_start_offset)
         self._schedule_deletes(doomed, now_ms)
+        self._epoch_cache.truncate_from_start(self._log_start_offset)
+        self._producers.truncate_head(self._log_start_offset)
+        try:
+            delete_snapshots(self.dir, below=self._log_start_offset)
+        except OSError as exc:
+            raise KafkaStorageError(f"delete in {self.dir.name} failed: {exc}") from exc
         self._log.info(
             "segments_deleted",
             count=count,
@@ -379,27 +441,14 @@ class Log:
         )
 
     def _schedule_deletes(self, doomed: list[LogSegment], now_ms: int) -> None:
-        due = now_ms + self.config.file_delete_delay_ms
         try:
-            for seg in doomed:
-                seg.rename_for_delete()
-                self._pending_deletes.append((due, seg))
+            self._pending_deletes.schedule(doomed, now_ms + self.config.file_delete_delay_ms)
         except OSError as exc:
             raise KafkaStorageError(f"delete in {self.dir.name} failed: {exc}") from exc
 
     def delete_expired_files(self, now_ms: int) -> int:
         """Close and unlink ``.deleted`` segments whose file.delete.delay.ms has passed."""
-        keep: list[tuple[int, LogSegment]] = []
-        done = 0
-        for due, seg in self._pending_deletes:
-            if due <= now_ms:
-                seg.close()
-                seg.unlink(deleted=True)
-                done += 1
-            else:
-                keep.append((due, seg))
-        self._pending_deletes = keep
-        return done
+        return self._pending_deletes.delete_expired(now_ms)
 
     @property
     def pending_deletes(self) -> int:
@@ -414,8 +463,9 @@ class Log:
         if offset >= self.log_end_offset:
             return
         now = wall_clock_ms()
+        full = offset <= self._log_start_offset
         try:
-            if offset <= self._log_start_offset:
+            if full:
                 # Rename first: the new segment may reuse the first one's file names.
                 self._schedule_deletes(self._segments, now)
                 self._segments, self._bases = [self._new_segment(offset, now)], [offset]
@@ -431,6 +481,18 @@ class Log:
         leo = self.log_end_offset
         self._recovery_point = min(self._recovery_point, leo)
         self._flush_upto = min(self._flush_upto, leo)
+        if full:
+            self._epoch_cache.clear()
+        else:
+            self._epoch_cache.truncate_from_end(leo)
+        try:
+            # Snapshots past the new end describe batches that are gone; the unlinks must
+            # be durable before new batches reuse those offsets.
+            delete_snapshots(self.dir, above=-1 if full else leo)
+            fsync_dir(self.dir)
+            self._load_producer_state(self._log)
+        except OSError as exc:
+            raise KafkaStorageError(f"truncate of {self.dir.name} failed: {exc}") from exc
         self._log.info("log_truncated", to_offset=offset, log_end_offset=leo)
 
     def close(self) -> None:
@@ -441,6 +503,7 @@ class Log:
             try:
                 self._active.seal()
                 self._active.time_index.fsync()  # flush() skips it when nothing is unflushed
+                write_snapshot(self.dir, self.log_end_offset, self._producers.producers, fsync=True)
             except OSError as exc:
                 raise KafkaStorageError(f"close of {self.dir.name} failed: {exc}") from exc
             self.flush()
@@ -451,11 +514,7 @@ class Log:
         self._closed = True
         for seg in self._segments:
             seg.close()
-        for _due, seg in self._pending_deletes:
-            seg.close()
-            if unlink_pending:
-                seg.unlink(deleted=True)
-        self._pending_deletes = []
+        self._pending_deletes.close_all(unlink=unlink_pending)
 
     def delete(self) -> None:
         """Close the log and remove its whole directory (topic deletion)."""
@@ -478,19 +537,3 @@ class Log:
             f"<Log {self.topic}-{self.partition} [{self.log_start_offset}, "
             f"{self.log_end_offset}) segments={len(self._segments)}>"
         )
-
-
-def _set_max_timestamp(buf: bytearray, pos: int, size: int, timestamp: int) -> None:
-    """LogAppendTime: stamp the batch's max timestamp. It is inside the CRC, so (unlike
-    offsets) this costs one CRC pass over the batch."""
-    _MAX_TIMESTAMP.pack_into(buf, pos + _MAX_TIMESTAMP_POS, timestamp)
-    crc = crc32c.crc32c(memoryview(buf)[pos + CRC_START : pos + size])
-    _CRC.pack_into(buf, pos + _CRC_POS, crc)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

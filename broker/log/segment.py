@@ -9,9 +9,10 @@ decides *when* to roll, flush or delete: that is the ``Log``'s job.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,20 @@ from proto.batch import BATCH_OVERHEAD, LOG_OVERHEAD, BatchHeader, read_header, 
 from proto.codec import FileRecords
 from proto.errors import CorruptRecordError, KafkaStorageError
 
-__all__ = ["BatchMeta", "LogSegment", "ScanResult", "segment_name"]
+__all__ = [
+    "BatchMeta",
+    "LogSegment",
+    "ScanResult",
+    "headers_from",
+    "last_header",
+    "segment_name",
+]
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
 _MIN_LENGTH = BATCH_OVERHEAD - LOG_OVERHEAD
 _SCAN_CHUNK = 4 * 1024 * 1024
+_HEADER_CHUNK = 64 * 1024
 MAX_RELATIVE_OFFSET = 2**32 - 1
 DELETED_SUFFIX = ".deleted"
 
@@ -221,6 +230,31 @@ class LogSegment:
                 return h.base_offset, h.max_timestamp
         return None
 
+    def last_header(self) -> BatchHeader | None:
+        """The last batch's header (walked from the last index entry), None when empty."""
+        positions = self.offset_index.positions
+        last = None
+        for _pos, h in self._walk_headers(positions[-1] if positions else 0):
+            last = h
+        return last
+
+    def walk_headers(self, position: int) -> Iterator[tuple[int, BatchHeader]]:
+        """Like ``_walk_headers`` but reading ``_HEADER_CHUNK`` bytes at a time, for long
+        walks (recovery of the epoch cache and producer state): small batches then cost
+        a fraction of a syscall each, big ones one ``pread`` each as before."""
+        buf = b""
+        buf_start = position
+        while position < self.size:
+            rel = position - buf_start
+            if len(buf) - rel < BATCH_OVERHEAD:
+                buf = os.pread(self.fd, min(_HEADER_CHUNK, self.size - position), position)
+                buf_start, rel = position, 0
+            h = read_header(buf, rel)
+            if h.length < _MIN_LENGTH:
+                raise KafkaStorageError(f"{self!r}: bad batch length {h.length} at {position}")
+            yield position, h
+            position += h.size
+
     def _walk_headers(self, position: int) -> Iterator[tuple[int, BatchHeader]]:
         """Full headers (61 bytes each, no CRC check) from ``position`` to the end."""
         while position < self.size:
@@ -344,6 +378,26 @@ class LogSegment:
         for path in self.paths():
             target = path.with_name(path.name + DELETED_SUFFIX) if deleted else path
             target.unlink(missing_ok=True)
+
+
+def headers_from(segments: Sequence[LogSegment], offset: int) -> Iterator[BatchHeader]:
+    """Headers of the batches of ``segments`` (sorted, contiguous) from the one containing
+    ``offset`` on: a 61-byte ``pread`` each, from the offset index floor."""
+    first = max(0, bisect.bisect_right([s.base_offset for s in segments], offset) - 1)
+    for i, seg in enumerate(segments[first:]):
+        start = seg.offset_index.lookup(offset - seg.base_offset) if i == 0 else 0
+        for _pos, h in seg.walk_headers(start):
+            if h.next_offset > offset:
+                yield h
+
+
+def last_header(segments: Sequence[LogSegment]) -> BatchHeader | None:
+    """The header of the last batch of ``segments``, None when they are all empty."""
+    for seg in reversed(segments):
+        h = seg.last_header()
+        if h is not None:
+            return h
+    return None
 
 
 class _Scanner:
