@@ -78,7 +78,12 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--tick-time-ms", type=int, default=2000)
     p.add_argument("--min-session-timeout-ms", type=int, default=None)
     p.add_argument("--max-session-timeout-ms", type=int, default=None)
-    p.add_argument("--snapshot-count", type=int, default=10_000, help="txns between snapshots")
+    p.add_argument(
+        "--snapshot-count",
+        type=int,
+        default=100_000,
+        help="txns between snapshots (ZooKeeper's snapCount)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 

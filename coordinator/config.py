@@ -28,7 +28,7 @@ class CoordinatorConfig:
     tick_time_ms: int = 2000
     min_session_timeout_ms: int | None = None
     max_session_timeout_ms: int | None = None
-    snapshot_count: int = 10_000
+    snapshot_count: int = 100_000
     snap_retain_count: int = 3
     max_data_bytes: int = MiB
     max_frame_bytes: int = 16 * MiB

@@ -9,6 +9,7 @@ starves them. A malformed frame closes only its own connection.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -21,6 +22,7 @@ import trio
 
 from coordinator.config import CoordinatorConfig
 from coordinator.consensus.host import EnsembleEngine
+from coordinator.consensus.writes import DiskJob
 from coordinator.engine import Close, Connect, Engine, Expire, Output, Request
 from coordinator.fourletter import ServerCounters, answer
 from coordinator.probe import MemberProbe
@@ -258,6 +260,13 @@ class _Tick:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Persisted:
+    """The writer thread made these jobs durable."""
+
+    jobs: list[DiskJob]
+
+
 class _MemberServer(_Server):
     """An ensemble member: the client side as standalone, plus peer links and ticks.
 
@@ -266,6 +275,10 @@ class _MemberServer(_Server):
     connections goes into the same queue as client requests, so one task drives the
     ``EnsembleEngine``. A message for a peer that is not connected is dropped: Raft
     retransmits.
+
+    Log writes run in a writer thread (``disk_loop``), one group at a time with one fsync,
+    while the processor goes on receiving, replicating and answering; what queues up
+    meanwhile is the next group. Acks wait in the engine until their entries are durable.
     """
 
     engine: EnsembleEngine
@@ -280,6 +293,8 @@ class _MemberServer(_Server):
                 self.peer_send[p], self.peer_recv[p] = trio.open_memory_channel[bytes](math.inf)
                 self.peer_connected[p] = False
         self._last_state = ""
+        self.disk_wake_send, self.disk_wake_recv = trio.open_memory_channel[None](1)
+        engine.async_disk = True
 
     def run_batch(self, batch: list[Any]) -> list[Output]:
         engine = self.engine
@@ -288,12 +303,19 @@ class _MemberServer(_Server):
         for item in batch:
             if isinstance(item, PeerMessage):
                 engine.peer(item, now, wall, out)
+            elif isinstance(item, _Persisted):
+                engine.writes.finished()
+                engine.persisted(item.jobs)
             elif isinstance(item, _Tick):
                 engine.tick(now, wall, out)
                 out += engine.process(engine.expired(now), now_ms=now, wall_ms=wall)
             else:
                 out += engine.process([item], now_ms=now, wall_ms=wall)
-        for msg in engine.flush(now, wall, out):
+        peer_out = engine.flush(now, wall, out)
+        if engine.writes.waiting and not engine.writes.running:
+            with contextlib.suppress(trio.WouldBlock):  # else the writer is woken already
+                self.disk_wake_send.send_nowait(None)
+        for msg in peer_out:
             if self.peer_connected.get(msg.dst):
                 self.peer_send[msg.dst].send_nowait(
                     encode_peer_frame(msg, self.config.max_frame_bytes)
@@ -323,6 +345,16 @@ class _MemberServer(_Server):
         elif word in ("srvr", "stat"):
             text = text.replace("Mode: standalone", f"Mode: {state}")
         return text
+
+    async def disk_loop(self) -> None:
+        """The writer: one group of log writes at a time, in a thread, so the event loop
+        never waits on a disk."""
+        writes = self.engine.writes
+        async for _ in self.disk_wake_recv:
+            jobs = writes.take()
+            if jobs:
+                await trio.to_thread.run_sync(self.engine.disk.run, jobs)
+                self.queue_send.send_nowait(_Persisted(jobs))
 
     async def tick_loop(self) -> None:
         interval = max(self.config.heartbeat_interval_ms // 4, 1) / 1000
@@ -440,6 +472,7 @@ async def _serve_ensemble(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.process_loop)
             nursery.start_soon(server.tick_loop)
+            nursery.start_soon(server.disk_loop)
             for p in server.peer_send:
                 nursery.start_soon(server.dial, p)
             await nursery.start(trio.serve_listeners, server.handle_peer, peer_listeners)

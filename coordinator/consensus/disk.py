@@ -1,4 +1,6 @@
-"""An ensemble member's durable Raft state. Blocking file I/O, no trio: called inline.
+"""An ensemble member's durable Raft state. Blocking file I/O, no trio: called inline
+(``save``) or, by the server, from one writer thread at a time (``run``: the log and
+snapshots; the event loop then only writes ``raft.state``, a file of its own).
 
 A data dir of an ensemble member holds:
 
@@ -8,7 +10,8 @@ A data dir of an ensemble member holds:
 * ``raftsnap.<16 hex: index>``: ``b"MBRS" | u32 CRC-32C | msgpack [index, term, data]``
   where ``data`` is the tree snapshot (``DataTree.to_snapshot`` in msgpack).
 
-``save(ready)`` persists one ``Ready`` with one fsync of the log (group commit). A new
+``save(ready)`` persists one ``Ready`` with one fsync of the log (group commit); ``run(jobs)``
+writes a group of ``DiskJob``s with one fsync at the end. A new
 segment starts after every snapshot; segments wholly covered by the newest snapshot are
 deleted, so disk use and restart time stay bounded by ``snapshot_count``. A torn record at
 the end of the newest segment (a crash mid-write) is cut off on load.
@@ -23,6 +26,7 @@ from pathlib import Path
 import crc32c
 
 from coordinator.consensus.node import HardState, Ready, Snapshot
+from coordinator.consensus.writes import DiskJob
 from coordinator.txnlog import CorruptLogError, encode_record, file_zxid, fsync_dir
 from proto.codec import packb, unpackb
 from proto.errors import RemoteProtocolError
@@ -70,12 +74,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class RaftDisk:
-    __slots__ = ("_fd", "_seg_start", "data_dir", "force_sync", "last_index")
+    __slots__ = ("_dirty", "_fd", "_seg_start", "data_dir", "force_sync", "last_index")
 
     def __init__(self, data_dir: Path, *, force_sync: bool = True) -> None:
         self.data_dir = data_dir
         self.force_sync = force_sync
         self._fd: int | None = None
+        self._dirty = False  # written to _fd since its last fdatasync
         self._seg_start = 0
         self.last_index = 0
 
@@ -138,14 +143,36 @@ class RaftDisk:
 
     def save(self, rd: Ready) -> None:
         if rd.hard_state is not None:
-            hs = rd.hard_state
-            _atomic_write(self.data_dir / STATE, packb([hs.term, hs.voted_for]))
+            self.save_hard_state(rd.hard_state)
         if rd.snapshot is not None:
             self.write_snapshot(rd.snapshot, drop_log=True)
         if rd.entries:
             self.append(rd.entries)
 
-    def append(self, entries: list[Entry]) -> None:
+    def save_hard_state(self, hs: HardState) -> None:
+        _atomic_write(self.data_dir / STATE, packb([hs.term, hs.voted_for]))
+
+    def run(self, jobs: list[DiskJob]) -> None:
+        """Write ``jobs`` in order, then one fdatasync. Packs compaction snapshots (filling
+        ``job.compacted``): this runs off the event loop."""
+        for job in jobs:
+            if job.installed is not None:
+                self.write_snapshot(job.installed, drop_log=True)
+            if job.entries:
+                self.append(job.entries, sync=False)
+            if job.compaction is not None:
+                index, term, rows = job.compaction
+                job.compacted = Snapshot(index, term, packb(rows))
+                self.write_snapshot(job.compacted)
+        self.sync()
+
+    def sync(self) -> None:
+        if self._fd is not None and self._dirty:
+            if self.force_sync:
+                os.fdatasync(self._fd)
+            self._dirty = False
+
+    def append(self, entries: list[Entry], *, sync: bool = True) -> None:
         first = entries[0].index
         if first <= self.last_index:
             self._truncate_from(first)
@@ -158,8 +185,9 @@ class RaftDisk:
         pos = 0
         while pos < len(data):
             pos += os.write(self._fd, data[pos:])
-        if self.force_sync:
-            os.fdatasync(self._fd)
+        self._dirty = True
+        if sync:
+            self.sync()
         self.last_index = entries[-1].index
 
     def _truncate_from(self, index: int) -> None:
@@ -200,6 +228,8 @@ class RaftDisk:
             old.unlink()
 
     def close(self) -> None:
+        """Close the current segment, durable: what was written to it stays acknowledged."""
         if self._fd is not None:
+            self.sync()
             os.close(self._fd)
             self._fd = None

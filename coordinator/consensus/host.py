@@ -1,5 +1,8 @@
 """An ensemble member's request processor: the ``Engine`` around a ``RaftNode``. Sans-IO
-(time and randomness are inputs; disk I/O is inline, as in the standalone engine).
+(time and randomness are inputs). Disk I/O is inline by default, as in the standalone
+engine; with ``async_disk`` (the server) only ``raft.state`` is written inline, and log
+writes and snapshots queue up in ``writes`` for a writer thread, which reports them back
+through ``persisted`` (see ``writes.py`` and "Asynchronous log writes" in ``node.py``).
 
 Reads are answered from the local, committed tree (sequential consistency). A write, a
 sync or a new session goes to the leader: directly on the leader, as a ``ForwardRequest``
@@ -39,6 +42,7 @@ from coordinator.consensus.proposer import (
     REVALIDATE_SESSION,
     Proposer,
 )
+from coordinator.consensus.writes import DiskJob, WriteQueue
 from coordinator.engine import NOT_LOCAL, Close, Connect, Engine, Expire, Output, Request, Send
 from coordinator.prepare import MultiAborted, validate_path
 from coordinator.sessions import SessionTracker, first_session_id
@@ -94,14 +98,19 @@ class EnsembleEngine(Engine):
         "_live",
         "_next_ctx",
         "_next_fwd",
+        "_next_snapshot",
         "_parked",
         "_peer_out",
         "_proposer",
         "_reads",
+        "_rng",
         "_seen_leader",
+        "_snapshotting",
         "_touched",
+        "async_disk",
         "disk",
         "node",
+        "writes",
     )
 
     def __init__(
@@ -149,6 +158,11 @@ class EnsembleEngine(Engine):
         # or revalidated for a connection that closed meanwhile is not bound to it.
         self._live: set[int] = set()
         self._seen_leader: tuple[Role, int | None, int] = (Role.FOLLOWER, None, hs.term)
+        self.async_disk = False
+        self.writes = WriteQueue()
+        self._rng = rng
+        self._snapshotting = False  # a snapshot of ours is being written
+        self._next_snapshot = self.node.log.snap_index + self._snapshot_gap()
 
     # --- queries ------------------------------------------------------------------------
 
@@ -229,18 +243,37 @@ class EnsembleEngine(Engine):
     def flush(self, now_ms: int, wall_ms: int, out: list[Output]) -> list[PeerMessage]:
         """Drive the node: persist, send, apply every Ready. Returns peer messages."""
         node = self.node
+        writes = self.writes
         while node.has_ready():
             rd = node.ready()
-            self.disk.save(rd)
-            self._peer_out.extend(rd.messages)
+            if self.async_disk:
+                if rd.hard_state is not None:
+                    self.disk.save_hard_state(rd.hard_state)  # before any message: votes
+                if rd.entries or rd.snapshot is not None:
+                    writes.add(DiskJob(rd.entries, rd.snapshot))
+                self._peer_out.extend(m for m in rd.messages if not writes.gate(m))
+            else:
+                self.disk.save(rd)
+                self._peer_out.extend(rd.messages)
             self._apply(rd, now_ms, out)
-            node.advance(rd)
+            node.advance(rd, entries_persisted=not self.async_disk)
             self._maybe_snapshot()
             self._check_leader(now_ms, wall_ms, out)
         self._check_leader(now_ms, wall_ms, out)
         self._release_barriers(out)  # those already applied need no new Ready
         peer_out, self._peer_out = self._peer_out, []
         return peer_out
+
+    def persisted(self, jobs: list[DiskJob]) -> None:
+        """The writer made ``jobs`` (from ``writes.take()``) durable; ``flush`` next."""
+        for job in jobs:
+            if job.entries:
+                last = job.entries[-1]
+                self.node.persisted(last.index, last.term)
+            if job.compacted is not None:
+                self.node.compact(job.compacted.index, job.compacted.data)
+                self._snapshotting = False
+            self._peer_out.extend(job.after)
 
     def close(self) -> None:
         self.disk.close()
@@ -511,15 +544,28 @@ class EnsembleEngine(Engine):
             for sid, opcode, (waiter, wire) in parked:
                 self._route(waiter, sid, opcode, wire, out, wall_ms)
 
+    def _snapshot_gap(self) -> int:
+        """Entries until the next snapshot: snapshot_count/2 + random(snapshot_count/2), as
+        ZooKeeper does, so the members of an ensemble do not all snapshot at once."""
+        half = self.config.snapshot_count // 2
+        return half + self._rng.randrange(max(half, 1))
+
     def _maybe_snapshot(self) -> None:
         log = self.node.log
-        if log.applied - log.snap_index < self.config.snapshot_count:
+        if log.applied < max(self._next_snapshot, log.snap_index + 1) or self._snapshotting:
+            return
+        term = log.term_at(log.applied)
+        assert term is not None
+        self._next_snapshot = log.applied + self._snapshot_gap()
+        rows = self.tree.to_snapshot()  # a copy of the values: the loop mutates the tree
+        if self.async_disk:
+            # Packed and written by the writer; the log is compacted once it is durable.
+            self._snapshotting = True
+            self.writes.add(DiskJob(compaction=(log.applied, term, rows)))
             return
         from coordinator.consensus.node import Snapshot
 
-        data = packb(self.tree.to_snapshot())
-        term = log.term_at(log.applied)
-        assert term is not None
+        data = packb(rows)
         self.disk.write_snapshot(Snapshot(log.applied, term, data))
         self.node.compact(log.applied, data)
 

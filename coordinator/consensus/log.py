@@ -1,8 +1,9 @@
 """The in-memory Raft log of one server: a snapshot point plus the entries after it. Pure.
 
 Invariants: ``entries[i].index == snap_index + 1 + i``; ``snap_index <= commit <=
-last_index``; ``stable`` is the last index the host has persisted (entries after it are
-handed out in the next ``Ready``); committed entries are never truncated.
+last_index``; ``stable`` is the last index the host has persisted (fsynced) and ``written`` the last
+it was handed to persist (``stable <= written``; entries after ``written`` are handed out
+in the next ``Ready``); committed entries are never truncated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ __all__ = ["RaftLog"]
 
 
 class RaftLog:
-    __slots__ = ("applied", "commit", "entries", "snap_data", "snap_index", "snap_term", "stable")
+    __slots__ = (
+        "applied",
+        "commit",
+        "entries",
+        "snap_data",
+        "snap_index",
+        "snap_term",
+        "stable",
+        "written",
+    )
 
     def __init__(
         self,
@@ -30,6 +40,7 @@ class RaftLog:
             if e.index != snap_index + 1 + i:
                 raise ValueError(f"log entry {e.index} out of place after {snap_index}")
         self.stable = self.last_index  # what we were given came from disk
+        self.written = self.stable
         self.commit = snap_index
         self.applied = snap_index
 
@@ -72,6 +83,7 @@ class RaftLog:
                     raise AssertionError(f"conflict at committed index {e.index}")
                 del self.entries[e.index - self.snap_index - 1 :]
                 self.stable = min(self.stable, e.index - 1)
+                self.written = min(self.written, e.index - 1)
             self.entries.extend(entries[n:])
             return
 
@@ -83,7 +95,9 @@ class RaftLog:
         return index
 
     def unstable(self) -> list[Entry]:
-        return self.slice(self.stable + 1, self.last_index) if self.stable < self.last_index else []
+        """Entries not handed to the host yet (to write and fsync)."""
+        last = self.last_index
+        return self.slice(self.written + 1, last) if self.written < last else []
 
     def to_apply(self) -> list[Entry]:
         return self.slice(self.applied + 1, self.commit) if self.applied < self.commit else []
@@ -92,7 +106,7 @@ class RaftLog:
         """Replace the whole log by a snapshot (the host persists it and drops its log)."""
         self.snap_index, self.snap_term, self.snap_data = index, term, data
         self.entries = []
-        self.stable = index
+        self.stable = self.written = index
         self.commit = max(self.commit, index)
 
     def compact(self, index: int, data: bytes) -> None:

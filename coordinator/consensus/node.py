@@ -16,6 +16,16 @@ then call ``advance(ready)``. Everything proposed between two ``ready()`` calls 
 in one append per follower and persisted with one fsync (group commit); appends to a
 follower are pipelined (its ``next`` index moves on optimistically, a rejection rewinds it).
 
+Asynchronous log writes (what the server does, so the event loop never waits on a disk):
+persist ``hard_state`` (and ``snapshot``) at once, but only *start* writing ``entries``;
+send the messages for which ``needs_durable_log`` is false at once (a leader's appends go
+out while its own fsync runs, as Raft allows), the others (append acks) only once every
+log write started so far is durable; apply; call ``advance(ready, entries_persisted=False)``
+and later ``persisted(index, term)`` when the write of the entry ``index`` is durable.
+A leader counts itself towards a commit only from ``persisted``, so never before its own
+fsync; a follower acks nothing before its fsync. Applying a committed entry before the
+local fsync is safe: a majority holds it durably already.
+
 Rules (Raft, with pre-vote and check-quorum): a candidate wins with a majority of votes; a
 vote goes only to a candidate whose (last term, last index) is at least the voter's; a
 leader commits an entry of its own term once a majority has it on disk, and earlier
@@ -45,7 +55,16 @@ from proto.zk_peer import (
     VoteResponse,
 )
 
-__all__ = ["HardState", "NotLeaderError", "RaftNode", "ReadState", "Ready", "Role", "Snapshot"]
+__all__ = [
+    "HardState",
+    "NotLeaderError",
+    "RaftNode",
+    "ReadState",
+    "Ready",
+    "Role",
+    "Snapshot",
+    "needs_durable_log",
+]
 
 NO_VOTE = -1
 
@@ -89,6 +108,13 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     failed_reads: list[int] = field(default_factory=list)
+
+
+def needs_durable_log(msg: PeerMessage) -> bool:
+    """Whether ``msg`` may leave only once every log write handed out so far is durable:
+    an append ack (its match index covers what we were sent). Appends, votes and vote
+    requests depend on the persisted hard state only."""
+    return type(msg.body) is AppendResponse
 
 
 @dataclass(slots=True)
@@ -269,7 +295,7 @@ class RaftNode:
             or r.read_states
             or r.failed_reads
             or self._pending_snapshot is not None
-            or self.log.stable < self.log.last_index
+            or self.log.written < self.log.last_index
             or self.log.applied < self.log.commit
             or self._hard_state() != self._persisted_hs
         )
@@ -291,25 +317,35 @@ class RaftNode:
             rd.hard_state = hs
         rd.snapshot = self._pending_snapshot
         rd.entries = self.log.unstable()
+        self.log.written = self.log.last_index
         # Applied only after this Ready's entries are on disk, so never past last_index.
         rd.committed = self.log.to_apply()
         self._in_ready = True
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The host persisted, sent and applied ``rd``."""
+    def advance(self, rd: Ready, *, entries_persisted: bool = True) -> None:
+        """The host persisted, sent and applied ``rd``; with ``entries_persisted=False`` it
+        only started writing its entries and reports them through ``persisted`` later."""
         self._in_ready = False
         if rd.hard_state is not None:
             self._persisted_hs = rd.hard_state
         if rd.snapshot is not None and self._pending_snapshot == rd.snapshot:
             self._pending_snapshot = None
-        if rd.entries:
-            last = rd.entries[-1]
-            if self.log.term_at(last.index) == last.term:
-                self.log.stable = max(self.log.stable, last.index)
         if rd.committed:
             self.log.applied = max(self.log.applied, rd.committed[-1].index)
-        if self.role is Role.LEADER and rd.entries:
+        if rd.entries and entries_persisted:
+            last = rd.entries[-1]
+            self.persisted(last.index, last.term)
+
+    def persisted(self, index: int, term: int) -> None:
+        """The log up to entry ``index`` (of ``term``) is durable. Ignored if that entry was
+        overwritten meanwhile (by log matching, the same (index, term) means the same
+        entries before it, so nothing below it was rewritten either)."""
+        log = self.log
+        if log.term_at(index) != term or index <= log.stable:
+            return
+        log.stable = min(index, log.written)
+        if self.role is Role.LEADER:
             self._maybe_commit()  # our own fsync counts towards the majority
 
     # --- roles --------------------------------------------------------------------------

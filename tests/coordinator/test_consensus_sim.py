@@ -4,7 +4,10 @@ A seeded scheduler runs N ``RaftNode``s over an in-memory network that loses, du
 delays and reorders messages, partitions the members and crashes and restarts them (a
 restarted node keeps only what it persisted). Each host persists, sends and applies every
 ``Ready`` as the real server does, and snapshots + compacts its log now and then, so lagging
-members catch up from snapshots. Checked on every step:
+members catch up from snapshots. With ``async_disk`` a host only starts each log write and
+finishes it (the fsync) a few ms later, as the server does: appends go out at once, acks
+wait for the writes before them, and a crash loses the writes still in progress. Checked
+on every step:
 
 * election safety: at most one leader per term;
 * state-machine safety: every member applies the same entry at each index, so no committed
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from coordinator.consensus import HardState, NotLeaderError, RaftNode, Role, Snapshot
+from coordinator.consensus.node import needs_durable_log
 from proto.codec import packb, unpackb
 from proto.zk_peer import Entry, PeerMessage
 
@@ -65,6 +69,9 @@ class Host:
         self.applied_index = 0
         self.crash_after_persist = False
         self.reads: dict[int, int] = {}  # ctx -> commit floor when asked
+        # async_disk: log writes in progress, in order: (done at ms, snapshot, entries,
+        # messages to send once it is durable).
+        self.writes: list[tuple[int, Snapshot | None, list[Entry], list[PeerMessage]]] = []
         self.start()
 
     def start(self) -> None:
@@ -88,6 +95,28 @@ class Host:
 
     def crash(self) -> None:
         self.node = None
+        self.writes = []  # not durable yet: lost
+
+    def _write(self, snapshot: Snapshot | None, entries: list[Entry]) -> None:
+        d = self.disk
+        if snapshot is not None:
+            d.snapshot = snapshot
+            d.entries = []
+        if entries:
+            first = entries[0].index
+            d.entries = [e for e in d.entries if e.index < first] + list(entries)
+        if d.snapshot is not None:  # a write begun before a compaction: as on load
+            d.entries = [e for e in d.entries if e.index > d.snapshot.index]
+
+    def finish_writes(self) -> None:
+        while self.node is not None and self.writes and self.writes[0][0] <= self.sim.now:
+            _, snapshot, entries, after = self.writes.pop(0)
+            self._write(snapshot, entries)
+            if entries:
+                self.node.persisted(entries[-1].index, entries[-1].term)
+            for m in after:
+                self.sim.send(m)
+            self.process()
 
     def process(self) -> None:
         node = self.node
@@ -96,18 +125,21 @@ class Host:
             d = self.disk
             if rd.hard_state is not None:
                 d.hard_state = rd.hard_state
-            if rd.snapshot is not None:
-                d.snapshot = rd.snapshot
-                d.entries = []
-            if rd.entries:
-                first = rd.entries[0].index
-                d.entries = [e for e in d.entries if e.index < first] + list(rd.entries)
+            if self.sim.async_disk:
+                if rd.snapshot is not None or rd.entries:
+                    due = self.sim.now + self.sim.rng.randint(0, 3 * STEP_MS)
+                    self.writes.append((due, rd.snapshot, rd.entries, []))
+            else:
+                self._write(rd.snapshot, rd.entries)
             if self.crash_after_persist:
                 self.crash_after_persist = False
                 self.crash()
                 return
             for m in rd.messages:
-                self.sim.send(m)
+                if self.writes and needs_durable_log(m):
+                    self.writes[-1][3].append(m)
+                else:
+                    self.sim.send(m)
             if rd.snapshot is not None:
                 self.state = list(unpackb(rd.snapshot.data))
                 self.applied_index = rd.snapshot.index
@@ -123,7 +155,7 @@ class Host:
                 assert rs.index >= floor, f"read barrier {rs.index} below commit {floor}"
             for ctx in rd.failed_reads:
                 self.reads.pop(ctx)
-            node.advance(rd)
+            node.advance(rd, entries_persisted=not self.sim.async_disk)
             if self.applied_index - node.log.snap_index >= COMPACT_EVERY:
                 data = packb(self.state)
                 node.compact(self.applied_index, data)
@@ -133,8 +165,11 @@ class Host:
 
 
 class Sim:
-    def __init__(self, seed: int, n: int, *, max_inflight: int = INFLIGHT) -> None:
+    def __init__(
+        self, seed: int, n: int, *, max_inflight: int = INFLIGHT, async_disk: bool = False
+    ) -> None:
         self.rng = random.Random(seed)
+        self.async_disk = async_disk
         self.now = 0
         self.oracle = Oracle()
         self.members = list(range(1, n + 1))
@@ -236,6 +271,7 @@ class Sim:
         self.now += STEP_MS
         self.deliver_due()
         for h in self.hosts:
+            h.finish_writes()
             if h.node is not None:
                 h.node.tick(self.now)
                 h.process()
@@ -326,7 +362,7 @@ SEEDS_PER_CHUNK = 50
 def test_consensus_under_chaos(chunk: int) -> None:
     for seed in range(chunk * SEEDS_PER_CHUNK, (chunk + 1) * SEEDS_PER_CHUNK):
         n = 5 if seed % 3 == 0 else 3
-        sim = Sim(seed, n)
+        sim = Sim(seed, n, async_disk=seed % 2 == 1)
         try:
             sim.run(chaos_ms=3000, heal_ms=6000)
         except AssertionError as exc:
