@@ -130,9 +130,11 @@ class LeaderEpochCache:
 
         The latest epoch ends at the log end offset. An older epoch ends where the next
         higher cached epoch starts, and the epoch returned is the largest cached one at or
-        below the requested (the requested may have had no entry here). UNDEFINED
-        ``(-1, -1)`` when the requested epoch is UNDEFINED, newer than the latest, older
-        than the first entry (its data is gone from this log), or the cache is empty.
+        below the requested (the requested may have had no entry here). An epoch older
+        than the first entry ends where the first entry starts, answered with the requested
+        epoch itself (Kafka 2.0+: a follower holding only that older epoch must truncate
+        there). UNDEFINED ``(-1, -1)`` when the requested epoch is UNDEFINED, newer than
+        the latest, or the cache is empty.
         """
         undefined = (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)
         if requested_epoch == UNDEFINED_EPOCH or not self._epochs:
@@ -140,8 +142,10 @@ class LeaderEpochCache:
         if requested_epoch == self._epochs[-1]:
             return requested_epoch, log_end_offset
         higher = bisect.bisect_right(self._epochs, requested_epoch)
-        if higher == len(self._epochs) or higher == 0:
+        if higher == len(self._epochs):
             return undefined
+        if higher == 0:
+            return requested_epoch, self._offsets[0]
         return self._epochs[higher - 1], self._offsets[higher]
 
     def epoch_for_offset(self, offset: int) -> int | None:

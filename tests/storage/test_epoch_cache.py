@@ -82,8 +82,10 @@ def test_constructor_refuses_non_monotonic_entries() -> None:
         (4, (4, 15)),
         (3, (2, 10)),
         (2, (2, 10)),
-        (1, UNDEFINED),  # older than the first entry: its data is gone
-        (0, UNDEFINED),
+        # Older than the first entry: it ends where the first entry starts (Kafka 2.0+), so a
+        # follower holding only that epoch truncates there instead of keeping a divergent log.
+        (1, (1, 6)),
+        (0, (0, 6)),
         (7, UNDEFINED),  # newer than anything known
         (UNDEFINED_EPOCH, UNDEFINED),
     ],
@@ -100,7 +102,7 @@ def test_end_offset_for_on_an_empty_cache_is_undefined() -> None:
 def test_end_offset_for_single_epoch() -> None:
     c = cache_of((3, 0))
     assert c.end_offset_for(3, 42) == (3, 42)
-    assert c.end_offset_for(2, 42) == UNDEFINED
+    assert c.end_offset_for(2, 42) == (2, 0)
     assert c.end_offset_for(4, 42) == UNDEFINED
 
 
@@ -264,8 +266,10 @@ def test_cache_tracks_the_log(ops: list[tuple[str, int, int]]) -> None:
         for requested in range(epoch + 2):
             got = cache.end_offset_for(requested, leo)
             present = [e for e, _o in derived(batches, log_start)]
-            if not present or requested < present[0] or requested > present[-1]:
+            if not present or requested > present[-1]:
                 assert got == UNDEFINED
+            elif requested < present[0]:
+                assert got == (requested, derived(batches, log_start)[0][1])
             else:
                 floor = max(e for e in present if e <= requested)
                 later = [x[0] for x in batches if x[2] > requested]
