@@ -40,6 +40,12 @@ from proto.zk_peer import PeerHello, PeerMessage, decode_peer_message, encode_pe
 __all__ = ["CoordinatorConfig", "serve"]
 
 READ_SIZE = 65536
+import collections, atexit, sys, os  # noqa
+_MAXB = int(os.environ.get("MB_MAXB", "1000000"))
+_STATS: collections.Counter[str] = collections.Counter()
+def _dump() -> None:
+    with open(f"/tmp/mbstats.{os.getpid()}", "a") as f:
+        f.write(f"{dict(_STATS)}\n")
 
 
 def _now_ms() -> int:
@@ -75,7 +81,7 @@ class _Server:
             if self.probe is not None and self.probe.paused:
                 await self.probe.wait_resumed()
             batch = [first]
-            while True:
+            while len(batch) < _MAXB:
                 try:
                     batch.append(self.queue_recv.receive_nowait())
                 except trio.WouldBlock:
@@ -84,6 +90,8 @@ class _Server:
             # nobody would own it, and the engine would remember a dead connection.
             batch = [i for i in batch if not isinstance(i, Connect) or i.conn_id in self.conns]
             # Inline disk I/O: one fsync per group; see docs/coordinator.md on why.
+            _STATS["batches"] += 1
+            _STATS["items"] += len(batch)
             outputs = self.run_batch(batch)
             self.deliver(outputs)
             for item in batch:
@@ -166,6 +174,7 @@ class _Server:
                         closing = True
                         break
                     chunks.append(more)
+                _STATS["client_sends"] += 1
                 await stream.send_all(b"".join(chunks))
                 if closing:
                     break
@@ -315,6 +324,8 @@ class _MemberServer(_Server):
         if engine.writes.waiting and not engine.writes.running:
             with contextlib.suppress(trio.WouldBlock):  # else the writer is woken already
                 self.disk_wake_send.send_nowait(None)
+        _STATS["peer_msgs"] += len(peer_out)
+        _STATS["peer_rounds"] += bool(peer_out)
         for msg in peer_out:
             if self.peer_connected.get(msg.dst):
                 self.peer_send[msg.dst].send_nowait(
@@ -353,13 +364,18 @@ class _MemberServer(_Server):
         async for _ in self.disk_wake_recv:
             jobs = writes.take()
             if jobs:
+                _STATS["fsyncs"] += 1
                 await trio.to_thread.run_sync(self.engine.disk.run, jobs)
                 self.queue_send.send_nowait(_Persisted(jobs))
 
     async def tick_loop(self) -> None:
         interval = max(self.config.heartbeat_interval_ms // 4, 1) / 1000
+        k = 0
         while True:
             await trio.sleep(interval)
+            k += 1
+            if k % 40 == 0:
+                _dump()
             self.queue_send.send_nowait(_Tick())
 
     async def expiry_loop(self) -> None:
@@ -397,6 +413,7 @@ class _MemberServer(_Server):
                             chunks.append(recv.receive_nowait())
                         except trio.WouldBlock:
                             break
+                    _STATS["peer_sends"] += 1
                     await stream.send_all(b"".join(chunks))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("peer_disconnected", error=str(exc))

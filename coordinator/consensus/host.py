@@ -57,6 +57,7 @@ from coordinator.watches import WatchManager
 from proto.codec import packb, to_wire, unpackb
 from proto.errors import BrokerResponseError
 from proto.zk import (
+    OPCODE_OF,
     PROTOCOL_VERSION,
     CloseSessionRequest,
     ConnectRequest,
@@ -355,6 +356,12 @@ class EnsembleEngine(Engine):
             return
         opcode = OpCode.SYNC if isinstance(body, SyncRequest) else _opcode(body)
         waiter = _Waiter(item.conn_id, item.xid, body)
+        proposer = self._proposer
+        if proposer is not None and opcode != OpCode.SYNC and self.node.is_leader:
+            # The leader's own client: no wire round trip (``_route`` would encode it).
+            o = proposer.propose(sid, opcode, None, wall_ms, body=body)
+            self._on_outcome(waiter, o.index, o.term, o.error_code, o.abort_index)
+            return
         self._route(waiter, sid, opcode, to_wire(body), out, wall_ms)
 
     def _route(
@@ -388,6 +395,7 @@ class EnsembleEngine(Engine):
         o = proposer.propose(req.session_id, req.opcode, req.body, wall_ms)
         reply = ForwardResponse(req.fwd_id, o.index, o.term, o.error_code, o.abort_index)
         self._peer_out.append(PeerMessage(self.config.id, src, reply))
+        self.node.commit_wanted(src, o.index)
 
     def _submit_local(
         self, sid: int, opcode: int, wire: Any, waiter: _Waiter | None, wall_ms: int
@@ -435,13 +443,15 @@ class EnsembleEngine(Engine):
                 self.connection_closed(conn)
                 out.append(Close(conn, "snapshot_installed"))
         leader = self.node.is_leader
+        proposed = self._proposer.proposed if self._proposer is not None else None
         for entry in rd.committed:
             waiters = self._awaiting.pop(entry.index, [])
             if not entry.data:
                 for w in waiters:
                     self._fail(w, out)
                 continue
-            txn = decode_txn(entry.data)
+            mine = proposed.pop(entry.index, None) if proposed is not None else None
+            txn = mine[1] if mine is not None and mine[0] is entry.data else decode_txn(entry.data)
             result = self.tree.apply(txn)
             for path, event in result.events:
                 for conn_id in self.watches.trigger(path, event):
@@ -476,6 +486,7 @@ class EnsembleEngine(Engine):
             else:
                 reply = ForwardResponse(fwd_id, rs.index, 0, code)
                 self._peer_out.append(PeerMessage(self.config.id, src, reply))
+                self.node.commit_wanted(src, rs.index)
         for ctx in rd.failed_reads:
             self._reads.pop(ctx, None)
             failed = self._fwd.pop(-ctx, None)
@@ -571,8 +582,6 @@ class EnsembleEngine(Engine):
 
 
 def _opcode(body: Any) -> int:
-    from proto.zk import OPCODE_OF
-
     return OPCODE_OF[type(body)]
 
 

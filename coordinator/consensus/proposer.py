@@ -61,7 +61,7 @@ class Outcome:
 
 
 class Proposer:
-    __slots__ = ("_counter", "_prepare_op", "node", "sessions", "tree")
+    __slots__ = ("_counter", "_prepare_op", "node", "proposed", "sessions", "tree")
 
     def __init__(
         self,
@@ -84,12 +84,18 @@ class Proposer:
             sessions.add(record.session_id, record.timeout_ms, now_ms)
         self._prepare_op = prepare_op
         self._counter = 0
+        # index -> (entry data, txn): the leader applies its own txns without decoding
+        # them again (the engine pops them as it applies; ``data`` identifies the entry).
+        self.proposed: dict[int, tuple[bytes, Txn]] = {}
 
-    def propose(self, sid: int, opcode: int, wire: Any, wall_ms: int) -> Outcome:
-        """Prepare and propose; an error's outcome is a barrier at the last index."""
+    def propose(
+        self, sid: int, opcode: int, wire: Any, wall_ms: int, *, body: Any = None
+    ) -> Outcome:
+        """Prepare and propose; an error's outcome is a barrier at the last index.
+        ``body``: the request itself (a local client's), so ``wire`` is not decoded."""
         node = self.node
         try:
-            op = self._prepare(sid, opcode, wire)
+            op = self._prepare(sid, opcode, wire, body)
         except MultiAborted as exc:
             return Outcome(node.log.last_index, 0, exc.error.code, exc.index)
         except BrokerResponseError as exc:
@@ -101,7 +107,10 @@ class Proposer:
         self._counter += 1
         txn = Txn(make_zxid(node.term, self._counter), wall_ms, sid, op)
         self.tree.apply(txn)
-        return Outcome(node.propose(encode_txn(txn)), node.term)
+        data = encode_txn(txn)
+        index = node.propose(data)
+        self.proposed[index] = (data, txn)
+        return Outcome(index, node.term)
 
     def revalidate(self, sid: int, password: Any) -> int:
         """0 if session ``sid`` is alive and ``password`` is its own (then touch it, as a
@@ -116,17 +125,18 @@ class Proposer:
             return SessionExpiredError.code
         return 0
 
-    def _prepare(self, sid: int, opcode: int, wire: Any) -> TxnOp | None:
+    def _prepare(self, sid: int, opcode: int, wire: Any, body: Any) -> TxnOp | None:
         tree = self.tree
         if opcode == CREATE_SESSION:
             timeout_ms, password = wire
             return CreateSessionTxn(int(timeout_ms), bytes(password))
         if opcode == CLOSE_SESSION_EXPIRED:
             return CloseSessionTxn() if sid in tree.sessions else None
-        types = MESSAGE_TYPES.get(opcode)
-        if types is None:
-            raise RemoteProtocolError(f"cannot forward opcode {opcode}")
-        body = from_wire(types[0], wire)
+        if body is None:
+            types = MESSAGE_TYPES.get(opcode)
+            if types is None:
+                raise RemoteProtocolError(f"cannot forward opcode {opcode}")
+            body = from_wire(types[0], wire)
         if isinstance(body, CloseSessionRequest):
             self.sessions.remove(sid)
             if sid not in tree.sessions:
