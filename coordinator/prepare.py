@@ -9,7 +9,7 @@ overlay (``_View``) holding the effect of the ops before it, so "create /a then 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from coordinator.tree import DataTree, parent_of
 from coordinator.txn import CheckTxn, CreateTxn, DeleteTxn, MultiTxn, SetDataTxn
@@ -88,8 +88,9 @@ class _View:
     def child_delta(self, parent: str, delta: int) -> None:
         p = self.node(parent)
         assert p is not None
-        self.changes[parent] = replace(
-            p, cversion=p.cversion + 1, num_children=p.num_children + delta
+        # By hand, not dataclasses.replace: this is on every create's path.
+        self.changes[parent] = _NodeView(
+            p.version, p.cversion + 1, p.ephemeral_owner, p.num_children + delta
         )
 
 
@@ -174,7 +175,9 @@ def _set_data(view: _View, path: str, data: bytes, version: int, max_data_bytes:
     if node is None:
         raise NoNodeError(path)
     _check_version(path, version, node.version)
-    view.changes[path] = replace(node, version=node.version + 1)
+    view.changes[path] = _NodeView(
+        node.version + 1, node.cversion, node.ephemeral_owner, node.num_children
+    )
     return SetDataTxn(path, data, node.version + 1)
 
 

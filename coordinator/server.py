@@ -40,12 +40,6 @@ from proto.zk_peer import PeerHello, PeerMessage, decode_peer_message, encode_pe
 __all__ = ["CoordinatorConfig", "serve"]
 
 READ_SIZE = 65536
-import collections, atexit, sys, os  # noqa
-_MAXB = int(os.environ.get("MB_MAXB", "1000000"))
-_STATS: collections.Counter[str] = collections.Counter()
-def _dump() -> None:
-    with open(f"/tmp/mbstats.{os.getpid()}", "a") as f:
-        f.write(f"{dict(_STATS)}\n")
 
 
 def _now_ms() -> int:
@@ -81,7 +75,7 @@ class _Server:
             if self.probe is not None and self.probe.paused:
                 await self.probe.wait_resumed()
             batch = [first]
-            while len(batch) < _MAXB:
+            while True:
                 try:
                     batch.append(self.queue_recv.receive_nowait())
                 except trio.WouldBlock:
@@ -90,8 +84,6 @@ class _Server:
             # nobody would own it, and the engine would remember a dead connection.
             batch = [i for i in batch if not isinstance(i, Connect) or i.conn_id in self.conns]
             # Inline disk I/O: one fsync per group; see docs/coordinator.md on why.
-            _STATS["batches"] += 1
-            _STATS["items"] += len(batch)
             outputs = self.run_batch(batch)
             self.deliver(outputs)
             for item in batch:
@@ -109,16 +101,31 @@ class _Server:
         return self.engine.process(batch, now_ms=_now_ms(), wall_ms=_wall_ms())
 
     def deliver(self, outputs: list[Output]) -> None:
+        # A connection's frames of one batch go to its writer as one chunk (one channel
+        # operation, not one per reply), in order, and before a Close.
+        chunks: dict[int, list[bytes]] = {}
         for out in outputs:
-            conn = self.conns.get(out.conn_id)
-            if conn is None:
-                continue
             if isinstance(out, Close):
+                conn = self.conns.get(out.conn_id)
+                if conn is None:
+                    continue
+                frames = chunks.pop(out.conn_id, None)
+                if frames:
+                    self.counters.packets_sent += len(frames)
+                    conn.outbound.send_nowait(b"".join(frames))
                 conn.log.info("connection_closing", reason=out.reason)
                 conn.outbound.send_nowait(None)
             else:
-                self.counters.packets_sent += 1
-                conn.outbound.send_nowait(out.frame)
+                frames = chunks.get(out.conn_id)
+                if frames is None:
+                    chunks[out.conn_id] = [out.frame]
+                else:
+                    frames.append(out.frame)
+        for conn_id, frames in chunks.items():
+            conn = self.conns.get(conn_id)
+            if conn is not None:
+                self.counters.packets_sent += len(frames)
+                conn.outbound.send_nowait(b"".join(frames))
 
     def answer_word(self, word: str) -> str:
         return answer(word, self.engine, self.counters)
@@ -174,7 +181,6 @@ class _Server:
                         closing = True
                         break
                     chunks.append(more)
-                _STATS["client_sends"] += 1
                 await stream.send_all(b"".join(chunks))
                 if closing:
                     break
@@ -309,7 +315,14 @@ class _MemberServer(_Server):
         engine = self.engine
         now, wall = _now_ms(), _wall_ms()
         out: list[Output] = []
+        clients: list[Any] = []  # consecutive client items: one engine.process call
         for item in batch:
+            if isinstance(item, Request | Connect | Expire):
+                clients.append(item)
+                continue
+            if clients:
+                out += engine.process(clients, now_ms=now, wall_ms=wall)
+                clients = []
             if isinstance(item, PeerMessage):
                 engine.peer(item, now, wall, out)
             elif isinstance(item, _Persisted):
@@ -318,14 +331,12 @@ class _MemberServer(_Server):
             elif isinstance(item, _Tick):
                 engine.tick(now, wall, out)
                 out += engine.process(engine.expired(now), now_ms=now, wall_ms=wall)
-            else:
-                out += engine.process([item], now_ms=now, wall_ms=wall)
+        if clients:
+            out += engine.process(clients, now_ms=now, wall_ms=wall)
         peer_out = engine.flush(now, wall, out)
         if engine.writes.waiting and not engine.writes.running:
             with contextlib.suppress(trio.WouldBlock):  # else the writer is woken already
                 self.disk_wake_send.send_nowait(None)
-        _STATS["peer_msgs"] += len(peer_out)
-        _STATS["peer_rounds"] += bool(peer_out)
         for msg in peer_out:
             if self.peer_connected.get(msg.dst):
                 self.peer_send[msg.dst].send_nowait(
@@ -364,18 +375,13 @@ class _MemberServer(_Server):
         async for _ in self.disk_wake_recv:
             jobs = writes.take()
             if jobs:
-                _STATS["fsyncs"] += 1
                 await trio.to_thread.run_sync(self.engine.disk.run, jobs)
                 self.queue_send.send_nowait(_Persisted(jobs))
 
     async def tick_loop(self) -> None:
         interval = max(self.config.heartbeat_interval_ms // 4, 1) / 1000
-        k = 0
         while True:
             await trio.sleep(interval)
-            k += 1
-            if k % 40 == 0:
-                _dump()
             self.queue_send.send_nowait(_Tick())
 
     async def expiry_loop(self) -> None:
@@ -413,7 +419,6 @@ class _MemberServer(_Server):
                             chunks.append(recv.receive_nowait())
                         except trio.WouldBlock:
                             break
-                    _STATS["peer_sends"] += 1
                     await stream.send_all(b"".join(chunks))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.info("peer_disconnected", error=str(exc))

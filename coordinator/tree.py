@@ -92,6 +92,21 @@ class DataTree:
         self.sessions: dict[int, SessionRecord] = {}
         self.last_zxid = 0
 
+    def clone(self) -> DataTree:
+        """An independent copy (the new leader's proposal tree). Direct, not through
+        ``to_snapshot``: a leader that stalls its loop copying a big tree misses its
+        heartbeats, and its followers elect another member that copies it again."""
+        tree = DataTree()
+        tree.nodes = {
+            path: Znode(n.data, n.czxid, n.mzxid, n.pzxid, n.ctime, n.mtime, n.version,
+                        n.cversion, n.ephemeral_owner, set(n.children))
+            for path, n in self.nodes.items()
+        }  # fmt: skip
+        tree.ephemerals = {sid: set(paths) for sid, paths in self.ephemerals.items()}
+        tree.sessions = dict(self.sessions)  # SessionRecord is frozen
+        tree.last_zxid = self.last_zxid
+        return tree
+
     # --- reads ------------------------------------------------------------------------
 
     def get(self, path: str) -> Znode | None:
@@ -111,14 +126,16 @@ class DataTree:
 
     # --- the one writer ---------------------------------------------------------------
 
-    def apply(self, txn: Txn) -> ApplyResult:
+    def apply(self, txn: Txn, *, stats: bool = True) -> ApplyResult:
+        """Apply ``txn``. ``stats=False``: a set_data's value is None instead of the new
+        Stat (a member with no client waiting for the reply skips building it)."""
         if txn.zxid <= self.last_zxid:
             raise ValueError(f"txn {txn.zxid:#x} is not after {self.last_zxid:#x}")
         events: list[tuple[str, EventType]] = []
         op = txn.op
         value: Any
         if isinstance(op, MultiTxn):
-            value = [self._apply_op(txn, o, events) for o in op.ops]
+            value = [self._apply_op(txn, o, events, stats) for o in op.ops]
         elif isinstance(op, CreateSessionTxn):
             self.sessions[txn.session_id] = SessionRecord(
                 txn.session_id, op.timeout_ms, op.password
@@ -132,7 +149,7 @@ class DataTree:
             self.ephemerals.pop(txn.session_id, None)
             value = None
         else:
-            value = self._apply_op(txn, op, events)
+            value = self._apply_op(txn, op, events, stats)
         self.last_zxid = txn.zxid
         return ApplyResult(value, events)
 
@@ -141,6 +158,7 @@ class DataTree:
         txn: Txn,
         op: CreateTxn | DeleteTxn | SetDataTxn | CheckTxn,
         events: list[tuple[str, EventType]],
+        stats: bool = True,
     ) -> Any:
         if isinstance(op, CreateTxn):
             parent_path = parent_of(op.path)
@@ -172,7 +190,7 @@ class DataTree:
             node.mzxid = txn.zxid
             node.mtime = txn.time_ms
             events.append((op.path, EventType.CHANGED))
-            return node.stat()
+            return node.stat() if stats else None
         return None  # CheckTxn
 
     def _delete(self, txn: Txn, path: str, events: list[tuple[str, EventType]]) -> None:

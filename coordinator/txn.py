@@ -116,6 +116,13 @@ _BY_TAG: dict[int, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 
 
 def _op_to_wire(op: TxnOp) -> list[Any]:
+    cls = type(op)
+    if cls is SetDataTxn:  # the hot ones by hand: the same arrays as to_wire
+        s: Any = op
+        return [5, [s.path, s.data, s.version]]
+    if cls is CreateTxn:
+        c: Any = op
+        return [1, [c.path, c.data, c.ephemeral_owner]]
     if isinstance(op, MultiTxn):
         return [_TAGS[MultiTxn], [_op_to_wire(o) for o in op.ops]]
     return [_TAGS[type(op)], to_wire(op)]
@@ -124,7 +131,17 @@ def _op_to_wire(op: TxnOp) -> list[Any]:
 def _op_from_wire(data: Any, *, nested: bool = False) -> TxnOp:
     if type(data) is not list or len(data) != 2 or type(data[0]) is not int:
         raise RemoteProtocolError("txn op must be [tag, body]")
-    cls = _BY_TAG.get(data[0])
+    tag, body = data
+    if (
+        (tag == 5 or tag == 1)  # SetDataTxn, CreateTxn: [str, bytes, int], by hand
+        and type(body) is list
+        and len(body) == 3
+        and type(body[0]) is str
+        and type(body[1]) is bytes
+        and type(body[2]) is int
+    ):
+        return SetDataTxn(*body) if tag == 5 else CreateTxn(*body)
+    cls = _BY_TAG.get(tag)
     if cls is None:
         raise RemoteProtocolError(f"unknown txn tag {data[0]}")
     if cls is MultiTxn:

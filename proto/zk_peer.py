@@ -175,8 +175,53 @@ _BY_TAG: dict[int, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 
 
 def encode_peer_frame(msg: PeerMessage, max_frame_size: int) -> bytes:
-    body = packb([_TAGS[type(msg.body)], msg.src, msg.dst, to_wire(msg.body)])
-    return encode_frame(body, max_frame_size)
+    body = msg.body
+    cls = type(body)
+    # The hot messages by hand (the same arrays ``to_wire`` builds, several times faster).
+    wire: list[Any]
+    if cls is AppendEntries:
+        b: Any = body
+        entries = [[e.term, e.index, e.data] for e in b.entries]
+        wire = [b.term, b.prev_index, b.prev_term, entries, b.commit, b.read_seq]
+    elif cls is AppendResponse:
+        r: Any = body
+        wire = [r.term, r.success, r.match_index, r.read_seq]
+    else:
+        wire = to_wire(body)
+    return encode_frame(packb([_TAGS[cls], msg.src, msg.dst, wire]), max_frame_size)
+
+
+def _is_ints(values: list[Any]) -> bool:
+    return all(type(v) is int for v in values)
+
+
+def _decode_append(body: Any) -> AppendEntries:
+    if type(body) is not list or len(body) != 6:
+        raise RemoteProtocolError("AppendEntries must be a 6-element array")
+    term, prev_index, prev_term, raw, commit, read_seq = body
+    if not _is_ints([term, prev_index, prev_term, commit, read_seq]) or type(raw) is not list:
+        raise RemoteProtocolError("malformed AppendEntries")
+    entries = []
+    for e in raw:
+        if (
+            type(e) is not list
+            or len(e) != 3
+            or type(e[0]) is not int
+            or type(e[1]) is not int
+            or type(e[2]) is not bytes
+        ):
+            raise RemoteProtocolError("malformed log entry")
+        entries.append(Entry(e[0], e[1], e[2]))
+    return AppendEntries(term, prev_index, prev_term, entries, commit, read_seq)
+
+
+def _decode_append_response(body: Any) -> AppendResponse:
+    if type(body) is not list or len(body) != 4:
+        raise RemoteProtocolError("AppendResponse must be a 4-element array")
+    term, success, match_index, read_seq = body
+    if not _is_ints([term, match_index, read_seq]) or type(success) is not bool:
+        raise RemoteProtocolError("malformed AppendResponse")
+    return AppendResponse(term, success, match_index, read_seq)
 
 
 def decode_peer_message(frame: bytes) -> PeerMessage:
@@ -186,6 +231,10 @@ def decode_peer_message(frame: bytes) -> PeerMessage:
     tag, src, dst, body = data
     if type(tag) is not int or type(src) is not int or type(dst) is not int:
         raise RemoteProtocolError("peer frame header must be integers")
+    if tag == 3:
+        return PeerMessage(src, dst, _decode_append(body))
+    if tag == 4:
+        return PeerMessage(src, dst, _decode_append_response(body))
     cls = _BY_TAG.get(tag)
     if cls is None:
         raise RemoteProtocolError(f"unknown peer message tag {tag}")

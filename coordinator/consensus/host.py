@@ -395,7 +395,6 @@ class EnsembleEngine(Engine):
         o = proposer.propose(req.session_id, req.opcode, req.body, wall_ms)
         reply = ForwardResponse(req.fwd_id, o.index, o.term, o.error_code, o.abort_index)
         self._peer_out.append(PeerMessage(self.config.id, src, reply))
-        self.node.commit_wanted(src, o.index)
 
     def _submit_local(
         self, sid: int, opcode: int, wire: Any, waiter: _Waiter | None, wall_ms: int
@@ -452,7 +451,7 @@ class EnsembleEngine(Engine):
                 continue
             mine = proposed.pop(entry.index, None) if proposed is not None else None
             txn = mine[1] if mine is not None and mine[0] is entry.data else decode_txn(entry.data)
-            result = self.tree.apply(txn)
+            result = self.tree.apply(txn, stats=bool(waiters))
             for path, event in result.events:
                 for conn_id in self.watches.trigger(path, event):
                     out.append(Send(conn_id, self._notification(txn.zxid, path, event)))
@@ -486,7 +485,6 @@ class EnsembleEngine(Engine):
             else:
                 reply = ForwardResponse(fwd_id, rs.index, 0, code)
                 self._peer_out.append(PeerMessage(self.config.id, src, reply))
-                self.node.commit_wanted(src, rs.index)
         for ctx in rd.failed_reads:
             self._reads.pop(ctx, None)
             failed = self._fwd.pop(-ctx, None)

@@ -122,10 +122,6 @@ class _Progress:
     next: int
     match: int = 0
     sent_commit: int = 0
-    # A commit index the follower waits for (its clients' forwarded writes and syncs):
-    # told at once, by a commit-only append; other commit advances ride on the next
-    # append or heartbeat.
-    want_commit: int = 0
     last_heard_ms: int = -(1 << 62)
     # Last index of each append with entries not yet acknowledged (etcd's Inflights).
     inflight: deque[int] = field(default_factory=deque)
@@ -250,16 +246,6 @@ class RaftNode:
         self._reads.append(_PendingRead(ctx, self.log.commit, self._read_seq, {self.id}))
         for p in self.peers:
             self._send_append(p, force=True)
-
-    def commit_wanted(self, peer: int, index: int) -> None:
-        """Leader: follower ``peer`` waits to apply ``index`` (it holds a client whose
-        forwarded request is answered there), so tell it the commit index promptly once
-        it covers ``index``. Without this a follower learns of commits from the next
-        append or heartbeat: a separate commit-only message per commit would cost one
-        more send and receive per write round on every member."""
-        pr = self._progress.get(peer)
-        if pr is not None and index > pr.want_commit:
-            pr.want_commit = index
 
     def compact(self, index: int, data: bytes) -> None:
         self.log.compact(index, data)
@@ -573,13 +559,13 @@ class RaftNode:
             self._ready.read_states.append(ReadState(r.ctx, r.index))
 
     def _send_commits(self) -> None:
-        """Tell each follower that waits for a commit (``commit_wanted``) how far it may
-        commit, if no append told it already: sent from its known match, so it is never
-        rejected (forwarded writes and syncs wait for the follower to apply)."""
+        """Tell each follower how far it may commit, if no append told it already: sent
+        from its known match, so it is never rejected (followers apply promptly, which
+        forwarded writes and syncs wait for)."""
         log = self.log
         for p, pr in self._progress.items():
             commit = min(log.commit, pr.match)
-            if commit <= pr.sent_commit or pr.want_commit <= pr.sent_commit:
+            if commit <= pr.sent_commit:
                 continue
             prev_term = log.term_at(pr.match)
             if prev_term is None:

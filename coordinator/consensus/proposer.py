@@ -74,7 +74,7 @@ class Proposer:
         """Take over as leader: the proposal tree is ``committed`` plus the log's tail,
         and every session gets a fresh timeout in ``sessions`` (the leader's tracker)."""
         self.node = node
-        self.tree = DataTree.from_snapshot(committed.to_snapshot())
+        self.tree = committed.clone()
         log = node.log
         for entry in log.slice(log.applied + 1, log.last_index):
             if entry.data:
@@ -106,7 +106,7 @@ class Proposer:
             return Outcome(node.log.last_index, 0)
         self._counter += 1
         txn = Txn(make_zxid(node.term, self._counter), wall_ms, sid, op)
-        self.tree.apply(txn)
+        self.tree.apply(txn, stats=False)
         data = encode_txn(txn)
         index = node.propose(data)
         self.proposed[index] = (data, txn)
