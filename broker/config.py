@@ -53,6 +53,18 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     return host.strip("[]"), p
 
 
+# Replication settings (Kafka's names): name -> (low, high) bounds.
+_REPLICA_SETTINGS: dict[str, tuple[int, int]] = {
+    "replica.fetch.wait.max.ms": (0, 600_000),
+    "replica.fetch.min.bytes": (1, 2**31 - 1),
+    "replica.fetch.max.bytes": (1, 2**31 - 1),
+    "replica.fetch.response.max.bytes": (1, 2**31 - 1),
+    "replica.fetch.backoff.ms": (0, 600_000),
+    "replica.lag.time.max.ms": (1, 2**31 - 1),
+    "replica.high.watermark.checkpoint.interval.ms": (1, 2**31 - 1),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
     broker_id: int
@@ -73,6 +85,12 @@ class BrokerConfig:
     log_retention_check_interval_ms: int = 300_000
     log_flush_scheduler_interval_ms: int = 1_000
     replica_fetch_wait_max_ms: int = 500
+    replica_fetch_min_bytes: int = 1
+    replica_fetch_max_bytes: int = 1024 * 1024
+    replica_fetch_response_max_bytes: int = 10 * 1024 * 1024
+    replica_fetch_backoff_ms: int = 1_000
+    replica_lag_time_max_ms: int = 30_000
+    replica_high_watermark_checkpoint_interval_ms: int = 5_000
     log: LogConfig = field(default_factory=LogConfig)
     settings: dict[str, str] = field(default_factory=dict)
 
@@ -103,6 +121,8 @@ class BrokerConfig:
                 own["log_retention_check_interval_ms"] = _int(name, value, 1)
             elif name == "log.flush.scheduler.interval.ms":
                 own["log_flush_scheduler_interval_ms"] = _int(name, value, 1)
+            elif name in _REPLICA_SETTINGS:
+                own[name.replace(".", "_")] = _int(name, value, *_REPLICA_SETTINGS[name])
             elif name == "broker.rack":
                 own["rack"] = value
             else:

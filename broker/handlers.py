@@ -8,6 +8,7 @@ offsets, fetch answers with file slices that the connection layer ``sendfile``s.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ from broker.log.config import LogConfig
 from broker.metadata_cache import ClusterView, MetadataCache
 from broker.partition_logs import open_partition_log
 from broker.purgatory import FetchPurgatory
+from broker.replica_manager import ReplicaManager
+from broker.replication import LeaderState
 from broker.topics import INTERNAL_TOPICS, assign_replicas, validate_topic_name
 from coordinator.client import CoordinatorClient, CreateOp, DeleteOp
 from proto import messages as m
@@ -35,6 +38,7 @@ from proto.errors import (
     LeaderNotAvailableError,
     NodeExistsError,
     NoNodeError,
+    NotEnoughReplicasError,
     NotLeaderForPartitionError,
     OperationTimeoutError,
     SessionMovedError,
@@ -63,6 +67,7 @@ class RequestHandler:
         cache: MetadataCache,
         zk: CoordinatorClient,
         purgatory: FetchPurgatory,
+        replicas: ReplicaManager,
     ) -> None:
         self.broker_id = config.broker_id
         self.config = config
@@ -70,6 +75,7 @@ class RequestHandler:
         self.cache = cache
         self.zk = zk
         self.purgatory = purgatory
+        self.replicas = replicas
         self._handlers: dict[type[m.Request], Handler] = {
             m.ApiVersionsRequest: self.api_versions,
             m.MetadataRequest: self.metadata,
@@ -79,6 +85,7 @@ class RequestHandler:
             m.CreateTopicsRequest: self.create_topics,
             m.DeleteTopicsRequest: self.delete_topics,
             m.DescribeConfigsRequest: self.describe_configs,
+            m.OffsetForLeaderEpochRequest: self.offset_for_leader_epoch,
         }
 
     async def handle(self, request: m.Request) -> m.Response | None:
@@ -140,6 +147,19 @@ class RequestHandler:
             return existing
         info_t = view.topics[topic]
         return open_partition_log(self.logs, info_t, partition, self._topic_config(info_t.config))
+
+    def _leader(self, view: ClusterView, topic: str, partition: int) -> tuple[Log, LeaderState]:
+        """The log and leader state of a partition this broker leads."""
+        plog = self._leader_log(view, topic, partition)
+        state = self.replicas.leaders.get((topic, partition))
+        if state is None:
+            self.replicas.on_view(self.cache.view)  # a log opened just now
+            state = self.replicas.leaders.get((topic, partition))
+        if state is None:
+            raise NotLeaderForPartitionError(
+                f"broker {self.broker_id} is not yet leading {topic}-{partition}"
+            )
+        return plog, state
 
     # --- ApiVersions / Metadata ---------------------------------------------------------
 
@@ -207,25 +227,35 @@ class RequestHandler:
     # --- Produce --------------------------------------------------------------------
 
     async def produce(self, req: m.ProduceRequest) -> m.ProduceResponse | None:
+        """Append as leader. acks=all checks min.insync.replicas before appending (nothing
+        written when the ISR is too small), then waits until the HW passes every appended
+        batch or ``timeout_ms`` ends."""
         view = await self._view_with([t.name for t in req.topics])
         acks_ok = req.acks in (0, 1, -1)
         out: list[m.ProduceTopicResponse] = []
+        waiting: dict[tuple[str, int], tuple[LeaderState, int]] = {}
         for t in req.topics:
             parts: list[m.ProducePartitionResponse] = []
             for pd in t.partitions:
+                key = (t.name, pd.partition)
                 try:
                     if not acks_ok:
                         raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, not {req.acks}")
-                    plog = self._leader_log(view, t.name, pd.partition)
-                    # One replica until replication lands: acks=all is satisfied by the leader.
-                    info = plog.append(
-                        pd.records, leader_epoch=self._epoch(view, t.name, pd.partition)
-                    )
+                    plog, leader = self._leader(view, t.name, pd.partition)
+                    if req.acks == -1 and not leader.enough_replicas_for_acks_all():
+                        raise NotEnoughReplicasError(
+                            f"{t.name}-{pd.partition}: ISR {leader.isr} is smaller than "
+                            f"min.insync.replicas {leader.min_insync_replicas}"
+                        )
+                    info = plog.append(pd.records, leader_epoch=leader.leader_epoch)
                 except BrokerResponseError as exc:
                     code, msg = _error(exc)
                     parts.append(m.ProducePartitionResponse(pd.partition, code, -1, -1, -1, msg))
                     continue
-                self.purgatory.notify((t.name, pd.partition))
+                self.replicas.on_append(key, plog.log_end_offset)
+                self.purgatory.notify(key)
+                if req.acks == -1:
+                    waiting[key] = (leader, info.last_offset)
                 parts.append(
                     m.ProducePartitionResponse(
                         pd.partition,
@@ -236,12 +266,24 @@ class RequestHandler:
                     )
                 )
             out.append(m.ProduceTopicResponse(t.name, parts))
-        return None if req.acks == 0 else m.ProduceResponse(out)
-
-    @staticmethod
-    def _epoch(view: ClusterView, topic: str, partition: int) -> int:
-        info = view.partition(topic, partition)
-        return info.state.leader_epoch if info is not None and info.state is not None else 0
+        if req.acks == 0:
+            return None
+        if waiting:
+            failed = await self.replicas.wait_acks_all(waiting, req.timeout_ms)
+            if failed:
+                out = [
+                    m.ProduceTopicResponse(
+                        t.name,
+                        [
+                            _failed(p, failed[(t.name, p.partition)])
+                            if (t.name, p.partition) in failed
+                            else p
+                            for p in t.partitions
+                        ],
+                    )
+                    for t in out
+                ]
+        return m.ProduceResponse(out)
 
     # --- Fetch ----------------------------------------------------------------------
 
@@ -256,10 +298,20 @@ class RequestHandler:
             parts: list[m.FetchPartitionResponse] = []
             for fp in t.partitions:
                 try:
-                    plog = self._leader_log(view, t.name, fp.partition)
+                    plog, leader = self._leader(view, t.name, fp.partition)
+                    leader.check_current_leader_epoch(fp.current_leader_epoch)
+                    if req.replica_id >= 0:
+                        self.replicas.on_follower_fetch(
+                            (t.name, fp.partition), leader, req.replica_id, fp.fetch_offset
+                        )
+                        max_offset = leader.follower_fetch_limit
+                    else:
+                        max_offset = leader.consumer_fetch_limit
                     limit = min(fp.partition_max_bytes, max(budget, 0))
                     # Kafka's min-one-message: the first non-empty partition may exceed the budget.
-                    result = plog.read(fp.fetch_offset, limit if total else max(limit, 1))
+                    result = plog.read(
+                        fp.fetch_offset, limit if total else max(limit, 1), max_offset=max_offset
+                    )
                 except BrokerResponseError as exc:
                     errors = True
                     code, msg = _error(exc)
@@ -272,7 +324,7 @@ class RequestHandler:
                     records = FileRecords(os.dup(fr.fd), fr.position, fr.size)
                     total += fr.size
                     budget -= fr.size
-                hw = result.log_end_offset
+                hw = leader.high_watermark
                 parts.append(
                     m.FetchPartitionResponse(
                         fp.partition, 0, hw, hw, result.log_start_offset, records
@@ -303,20 +355,45 @@ class RequestHandler:
             parts: list[m.ListOffsetsPartitionResponse] = []
             for lp in t.partitions:
                 try:
-                    plog = self._leader_log(view, t.name, lp.partition)
+                    plog, leader = self._leader(view, t.name, lp.partition)
                 except BrokerResponseError as exc:
                     parts.append(m.ListOffsetsPartitionResponse(lp.partition, exc.code, -1, -1))
                     continue
                 if lp.timestamp == m.EARLIEST_TIMESTAMP:
                     ts, offset = -1, plog.log_start_offset
                 elif lp.timestamp == m.LATEST_TIMESTAMP:
-                    ts, offset = -1, plog.log_end_offset
+                    # Consumers see the committed end (the HW); replicas the log end.
+                    latest = plog.log_end_offset if req.replica_id >= 0 else leader.high_watermark
+                    ts, offset = -1, latest
                 else:
                     found = plog.offset_for_timestamp(lp.timestamp)
                     offset, ts = found if found is not None else (-1, -1)
                 parts.append(m.ListOffsetsPartitionResponse(lp.partition, 0, ts, offset))
             out.append(m.ListOffsetsTopicResponse(t.name, parts))
         return m.ListOffsetsResponse(out)
+
+    # --- OffsetForLeaderEpoch -------------------------------------------------------
+
+    async def offset_for_leader_epoch(
+        self, req: m.OffsetForLeaderEpochRequest
+    ) -> m.OffsetForLeaderEpochResponse:
+        """Where ``leader_epoch`` (or the largest one below it) ends in the leader's log."""
+        view = await self._view_with([t.name for t in req.topics])
+        out: list[m.OffsetForLeaderTopicResult] = []
+        for t in req.topics:
+            parts: list[m.EpochEndOffsetResult] = []
+            for op in t.partitions:
+                try:
+                    plog, leader = self._leader(view, t.name, op.partition)
+                    leader.check_current_leader_epoch(op.current_leader_epoch)
+                except BrokerResponseError as exc:
+                    code, msg = _error(exc)
+                    parts.append(m.EpochEndOffsetResult(code, op.partition, -1, -1, msg))
+                    continue
+                epoch, end = plog.end_offset_for_epoch(op.leader_epoch)
+                parts.append(m.EpochEndOffsetResult(0, op.partition, epoch, end))
+            out.append(m.OffsetForLeaderTopicResult(t.name, parts))
+        return m.OffsetForLeaderEpochResponse(out)
 
     # --- CreateTopics / DeleteTopics / DescribeConfigs ------------------------------
 
@@ -365,8 +442,8 @@ class RequestHandler:
             CreateOp(zl.partitions_path(topic.name)),
         ]
         for p, replicas in assignment.items():
-            # Until replication exists only the leader holds the data, so it alone is in sync.
-            state = zl.PartitionState(leader=replicas[0], leader_epoch=0, isr=[replicas[0]])
+            # Every replica starts in sync: all logs are empty.
+            state = zl.PartitionState(leader=replicas[0], leader_epoch=0, isr=list(replicas))
             ops.append(CreateOp(zl.partition_path(topic.name, p)))
             ops.append(CreateOp(zl.partition_state_path(topic.name, p), state.encode()))
         try:
@@ -421,6 +498,13 @@ class RequestHandler:
             effective = self._topic_config(info.config).to_props()
             results.append(m.DescribeConfigsResult(name, 0, effective, sorted(info.config)))
         return m.DescribeConfigsResponse(results)
+
+
+def _failed(
+    resp: m.ProducePartitionResponse, exc: BrokerResponseError
+) -> m.ProducePartitionResponse:
+    code, msg = _error(exc)
+    return dataclasses.replace(resp, error_code=code, error_message=msg)
 
 
 def topic_log_config(broker_defaults: LogConfig, overrides: dict[str, str]) -> LogConfig:

@@ -35,6 +35,7 @@ class PartitionInfo:
     partition: int
     replicas: list[int]
     state: zl.PartitionState | None  # None until the state znode exists
+    version: int = -1  # the state znode's version (for compare-and-set), -1 without one
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +90,20 @@ class MetadataCache:
             return []
 
     async def _data(self, path: str) -> bytes | None:
+        data, _version = await self._data_version(path)
+        return data
+
+    async def _data_version(self, path: str) -> tuple[bytes | None, int]:
+        """A znode's data and version; (None, -1) when it does not exist."""
         try:
-            data, _stat = await self._zk.get(path, watch=self._watch(path))
-            return data
+            data, stat = await self._zk.get(path, watch=self._watch(path))
+            return data, stat.version
         except NoNodeError:
             # A watch on a missing node is an exists watch: arm it so creation wakes us.
             self._armed.discard(path)
             if await self._zk.exists(path, watch=self._watch(path)) is not None:
                 self._dirty.set()
-            return None
+            return None, -1
 
     async def _load(self) -> ClusterView:
         cluster_id = await self._data(zl.CLUSTER_ID)
@@ -123,9 +129,9 @@ class MetadataCache:
         partitions: dict[int, PartitionInfo] = {}
         for p, replicas in assignment.partitions.items():
             path = zl.partition_state_path(name, p)
-            raw = await self._data(path)
+            raw, version = await self._data_version(path)
             state = zl.PartitionState.decode(path, raw) if raw is not None else None
-            partitions[p] = PartitionInfo(name, p, replicas, state)
+            partitions[p] = PartitionInfo(name, p, replicas, state, version)
         raw_config = await self._data(zl.topic_config_path(name))
         config = zl.decode_topic_config(name, raw_config) if raw_config else {}
         return TopicInfo(name, assignment.topic_id, partitions, config)

@@ -31,6 +31,7 @@ from broker.log import LogManager
 from broker.metadata_cache import ClusterView, MetadataCache
 from broker.partition_logs import reconcile_logs
 from broker.purgatory import FetchPurgatory
+from broker.replica_manager import ReplicaManager
 from coordinator.client import CoordinatorClient, SessionState, open_coordinator
 from coordinator.recipes import register_ephemeral
 from proto import messages as m
@@ -96,6 +97,13 @@ class Broker:
         self.advertised = advertised
         self.log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
         self.purgatory = FetchPurgatory()
+        self.replicas = ReplicaManager(
+            config,
+            logs,
+            self.purgatory,
+            lambda: self.zk,
+            lambda overrides: topic_log_config(config.log, overrides),
+        )
         self._zk: CoordinatorClient | None = None
         self._cache: MetadataCache | None = None
         self._handler: RequestHandler | None = None
@@ -125,7 +133,9 @@ class Broker:
         self._cache = MetadataCache(zk, self.reconcile)
         if old_view is not None:
             self._cache.view = old_view  # keep serving the last view until the reload
-        self._handler = RequestHandler(self.config, self.logs, self._cache, zk, self.purgatory)
+        self._handler = RequestHandler(
+            self.config, self.logs, self._cache, zk, self.purgatory, self.replicas
+        )
 
     async def run_sessions(
         self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -223,7 +233,8 @@ class Broker:
         )
 
     def reconcile(self, view: ClusterView) -> None:
-        """Make local logs match the assignment (see ``broker.partition_logs``)."""
+        """Make local logs match the assignment (see ``broker.partition_logs``), then take
+        the leader and follower roles the view gives this broker."""
         configs = {
             name: topic_log_config(self.config.log, t.config) for name, t in view.topics.items()
         }
@@ -231,6 +242,7 @@ class Broker:
             self.logs, self.config.broker_id, self._last_view, view, configs, self._strays
         )
         self._last_view = view
+        self.replicas.on_view(view)
 
     # --- housekeeping -----------------------------------------------------------------
 
@@ -317,6 +329,7 @@ async def serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = LogManager(data_dir, config.log)
     logs.startup()
+    replicas: ReplicaManager | None = None
     try:
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
         bound_host, bound_port = listeners[0].socket.getsockname()[:2]
@@ -325,8 +338,10 @@ async def serve(
             config.advertised_port or bound_port,
         )
         broker = Broker(config, logs, advertised)
+        replicas = broker.replicas
         stop = shutdown if shutdown is not None else trio.Event()
         async with trio.open_nursery() as nursery:
+            await nursery.start(broker.replicas.run)
             await nursery.start(broker.run_sessions, stop)
             nursery.start_soon(broker.housekeeping)
             await nursery.start(trio.serve_listeners, broker.handle_connection, listeners)
@@ -337,5 +352,7 @@ async def serve(
             await broker.sessions_done.wait()
             nursery.cancel_scope.cancel()
     finally:
+        if replicas is not None:
+            replicas.checkpoint_high_watermarks()
         logs.shutdown()
         log.info("broker_stopped")

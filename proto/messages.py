@@ -33,6 +33,7 @@ class ApiKey(enum.IntEnum):
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
+    OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
 
 
@@ -349,6 +350,55 @@ class DescribeConfigsRequest(Request):
     topics: list[str]
 
 
+# --- OffsetForLeaderEpoch ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetForLeaderPartition:
+    partition: int
+    current_leader_epoch: int  # -1: not checked
+    leader_epoch: int  # the epoch whose end offset is asked for
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetForLeaderTopic:
+    name: str
+    partitions: list[OffsetForLeaderPartition]
+
+
+@dataclass(frozen=True, slots=True)
+class EpochEndOffsetResult:
+    """The largest epoch <= the one asked for and where it ends; -1/-1 when undefined."""
+
+    error_code: int
+    partition: int
+    leader_epoch: int
+    end_offset: int
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetForLeaderTopicResult:
+    name: str
+    partitions: list[EpochEndOffsetResult]
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetForLeaderEpochResponse(Response):
+    topics: list[OffsetForLeaderTopicResult]
+    throttle_time_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetForLeaderEpochRequest(Request):
+    """A follower asks where its latest epoch ends on the leader (KIP-101, KIP-279)."""
+
+    API_KEY = ApiKey.OFFSET_FOR_LEADER_EPOCH
+    RESPONSE = OffsetForLeaderEpochResponse
+    topics: list[OffsetForLeaderTopic]
+    replica_id: int = CONSUMER_REPLICA_ID
+
+
 # --- registry and frame bodies ----------------------------------------------------------
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -361,6 +411,7 @@ REQUEST_TYPES: dict[int, type[Request]] = {
         ListOffsetsRequest,
         CreateTopicsRequest,
         DeleteTopicsRequest,
+        OffsetForLeaderEpochRequest,
         DescribeConfigsRequest,
     )
 }
