@@ -11,7 +11,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.client import CoordinatorClient, SessionState, _Connection
+from coordinator.client import CoordinatorClient, SessionState
+from coordinator.client_conn import _Connection
 from coordinator.txn import CreateTxn, DeleteTxn, MultiTxn, SetDataTxn, Txn, decode_txn
 from proto.codec import packb, to_wire
 from proto.errors import ConnectionLossError, RemoteProtocolError

@@ -18,9 +18,9 @@ from coordinator.client import (
     EventType,
     SessionState,
     WatchedEvent,
-    _Connection,
     open_coordinator,
 )
+from coordinator.client_conn import _Connection
 from coordinator.testing import ChaosProxy, CoordinatorHarness
 from proto.errors import ConnectionLossError, NoNodeError, SessionExpiredError
 from proto.zk import ClientProtocol
