@@ -91,6 +91,9 @@ class BrokerConfig:
     replica_fetch_backoff_ms: int = 1_000
     replica_lag_time_max_ms: int = 30_000
     replica_high_watermark_checkpoint_interval_ms: int = 5_000
+    # Stand for controller election (every broker does, as Kafka's ZooKeeper mode; tests of
+    # the leader's own ISR rules turn it off so dead followers stay in the ISR).
+    controller_enable: bool = True
     log: LogConfig = field(default_factory=LogConfig)
     settings: dict[str, str] = field(default_factory=dict)
 

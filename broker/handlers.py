@@ -197,7 +197,8 @@ class RequestHandler:
                         leader,
                         state.leader_epoch if state else -1,
                         list(pinfo.replicas),
-                        [b for b in (state.isr if state else []) if b in live],
+                        list(state.isr) if state else [],  # as stored: the controller
+                        # keeps it live (Kafka answers the ISR of the partition state)
                         [b for b in pinfo.replicas if b not in live],
                     )
                 )
@@ -206,7 +207,7 @@ class RequestHandler:
             m.BrokerMetadata(b.broker_id, b.host, b.port, b.rack)
             for b in sorted(live.values(), key=lambda b: b.broker_id)
         ]
-        return m.MetadataResponse(brokers, view.cluster_id, -1, topics)
+        return m.MetadataResponse(brokers, view.cluster_id, view.controller_id, topics)
 
     async def _auto_create(self, view: ClusterView, topics: list[str]) -> ClusterView:
         """auto.create.topics.enable: a metadata request for a missing topic creates it

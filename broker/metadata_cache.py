@@ -51,6 +51,7 @@ class ClusterView:
     cluster_id: str | None = None
     brokers: dict[int, zl.BrokerRegistration] = field(default_factory=dict)
     topics: dict[str, TopicInfo] = field(default_factory=dict)
+    controller_id: int = -1  # from ``/controller``; -1 while there is none
 
     def partition(self, topic: str, partition: int) -> PartitionInfo | None:
         t = self.topics.get(topic)
@@ -119,7 +120,13 @@ class MetadataCache:
             info = await self._load_topic(name)
             if info is not None:
                 topics[name] = info
-        return ClusterView(cluster_id.decode() if cluster_id else None, brokers, topics)
+        raw_controller = await self._data(zl.CONTROLLER)
+        controller_id = (
+            zl.ControllerZnode.decode(raw_controller).broker_id if raw_controller else -1
+        )
+        return ClusterView(
+            cluster_id.decode() if cluster_id else None, brokers, topics, controller_id
+        )
 
     async def _load_topic(self, name: str) -> TopicInfo | None:
         data = await self._data(zl.topic_path(name))
@@ -143,7 +150,6 @@ class MetadataCache:
             if self._loaded_through < want:
                 self._loads_started += 1
                 number = self._loads_started
-                self._dirty = trio.Event()
                 view = await self._load()
                 self._loaded_through = number
                 self._publish(view)
@@ -171,6 +177,9 @@ class MetadataCache:
         delay = 0.05
         while True:
             await self._dirty.wait()
+            # Replaced only here: a ``refresh_now`` from elsewhere must not orphan the
+            # event this loop waits on (a watch firing meanwhile would never wake it).
+            self._dirty = trio.Event()
             try:
                 await self.refresh_now()
                 delay = 0.05

@@ -26,6 +26,7 @@ import trio
 
 from broker import zk_layout as zl
 from broker.config import BrokerConfig
+from broker.controller import Controller
 from broker.handlers import RequestHandler, close_file_records, topic_log_config
 from broker.log import LogManager
 from broker.metadata_cache import ClusterView, MetadataCache
@@ -107,6 +108,7 @@ class Broker:
         self._zk: CoordinatorClient | None = None
         self._cache: MetadataCache | None = None
         self._handler: RequestHandler | None = None
+        self.controller: Controller | None = None
         self.sessions_done = trio.Event()
         self._last_view: ClusterView | None = None
         self._strays: set[tuple[str, int]] = set()
@@ -184,9 +186,17 @@ class Broker:
             zk.add_listener(on_state)
             await self.ensure_layout()
             await self.register()
+            self.controller = Controller(
+                self.config.broker_id,
+                zk,
+                self.cache,
+                lambda overrides: topic_log_config(self.config.log, overrides),
+            )
             async with trio.open_nursery() as nursery:
                 # The first load sees our own registration, so we serve with it in view.
                 await nursery.start(self.cache.run)
+                if self.config.controller_enable:
+                    nursery.start_soon(self.controller.run)
                 if task_status is not None:
                     task_status.started()
                 async with trio.open_nursery() as waiters:
@@ -243,6 +253,8 @@ class Broker:
         )
         self._last_view = view
         self.replicas.on_view(view)
+        if self.controller is not None:
+            self.controller.view_changed()
 
     # --- housekeeping -----------------------------------------------------------------
 

@@ -7,7 +7,8 @@
 | ``/brokers/topics/<t>``                       | persistent | TopicAssignment    |
 | ``/brokers/topics/<t>/partitions/<p>/state``  | persistent | PartitionState     |
 | ``/config/topics/<t>``                        | persistent | TopicConfigZnode   |
-| ``/controller``, ``/controller_epoch``         | (the controller issue) |        |
+| ``/controller``                               | ephemeral  | ControllerZnode    |
+| ``/controller_epoch``                         | persistent | the epoch, decimal |
 
 Payloads are JSON, as in Kafka, so ``minibroker zk get`` shows something a person can read.
 A payload that does not parse raises ``InvalidRequestError`` naming the path: corrupt
@@ -27,6 +28,8 @@ BROKER_IDS = "/brokers/ids"
 TOPICS = "/brokers/topics"
 CONFIG_TOPICS = "/config/topics"
 DELETE_TOPICS = "/admin/delete_topics"
+CONTROLLER = "/controller"
+CONTROLLER_EPOCH = "/controller_epoch"
 
 BASE_PATHS = (BROKER_IDS, TOPICS, CONFIG_TOPICS, DELETE_TOPICS, "/cluster")
 
@@ -160,6 +163,32 @@ class PartitionState:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidRequestError(f"znode {path}: bad partition state: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerZnode:
+    broker_id: int
+    timestamp_ms: int
+
+    def encode(self) -> bytes:
+        return _dump(
+            {"version": 1, "brokerid": self.broker_id, "timestamp": str(self.timestamp_ms)}
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> ControllerZnode:
+        obj = _load(CONTROLLER, data)
+        try:
+            return cls(int(obj["brokerid"]), int(obj["timestamp"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"znode {CONTROLLER}: bad controller: {exc}") from exc
+
+
+def decode_controller_epoch(data: bytes) -> int:
+    try:
+        return int(data.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"znode {CONTROLLER_EPOCH}: bad epoch {data!r}") from exc
 
 
 def encode_topic_config(config: dict[str, str]) -> bytes:

@@ -1,7 +1,9 @@
 """Follower truncation at become-follower time (OffsetForLeaderEpoch, KIP-101/KIP-279).
 
-Leadership is moved by writing the partition state znode as the controller would (the
-controller itself is a later step).
+Leadership moves through the controller: with every replica down but the old leader, the
+old leader takes an uncommitted tail (acks=1), then dies; the topic allows unclean leader
+election, so the first replica back leads in epoch 1 whatever the ISR said, and the old
+leader returns as its follower.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from pathlib import Path
 
 import trio
 
-from broker import zk_layout as zl
 from proto import messages as m
 from proto.batch import records_of
 from proto.errors import NotLeaderForPartitionError
@@ -25,6 +26,7 @@ from tests.broker.test_replication_component import (
     produce,
     produced,
     wait_for_isr,
+    wait_for_state,
 )
 
 
@@ -32,7 +34,9 @@ async def test_a_returning_leader_truncates_its_uncommitted_tail(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     async with cluster3(tmp_path) as (cluster, zk):
-        old, replicas = await create_topic(await cluster.wire(1))
+        old, replicas = await create_topic(
+            await cluster.wire(1), configs={"unclean.leader.election.enable": "true"}
+        )
         new, other = [b for b in replicas if b != old]
         wire = await cluster.wire(old)
         assert produced(await wire.call(produce(batch(b"committed"), acks=-1))).error_code == 0
@@ -43,13 +47,11 @@ async def test_a_returning_leader_truncates_its_uncommitted_tail(
         assert (tail.error_code, tail.base_offset) == (0, 1)
         await cluster.stop(old)
 
-        # The "controller" elects ``new`` in epoch 1 while ``old`` is down.
+        # The controller elects ``new`` in epoch 1 while ``old`` is down.
         await cluster.start(new)
+        state = await wait_for_state(zk, lambda st: st.leader == new)
+        assert state.leader_epoch == 1
         await cluster.start(other)
-        path = zl.partition_state_path(TOPIC, 0)
-        data, stat = await zk.get(path)
-        state = zl.PartitionState.decode(path, data)
-        await zk.set(path, zl.PartitionState(new, 1, [new, other]).encode(), stat.version)
         wire = await cluster.wire(new)
         # The new leader learns of its election through a watch: retry as a client would.
         for _attempt in range(1000):
@@ -57,7 +59,6 @@ async def test_a_returning_leader_truncates_its_uncommitted_tail(
             if r.error_code != NotLeaderForPartitionError.code:
                 break
         assert (r.error_code, r.base_offset) == (0, 1)
-        assert state.leader_epoch == 0
 
         # The old leader returns as a follower: it asks where epoch 0 ends (offset 1 on
         # the new leader), cuts its two-record tail, and fetches the new leader's data.

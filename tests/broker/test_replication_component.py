@@ -44,8 +44,11 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nursery: trio.Nursery, tmp_path: Path, coordinator: str) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, tmp_path: Path, coordinator: str, controllers: bool = True
+    ) -> None:
         self.nursery = nursery
+        self.controllers = controllers
         self.tmp_path = tmp_path
         self.coordinator = coordinator
         self.nodes: dict[int, Node] = {}
@@ -62,6 +65,7 @@ class Cluster:
                 listen_port=0,
                 coordinator=self.coordinator,
                 data_dir=str(self.tmp_path / f"broker{broker_id}"),
+                controller_enable=self.controllers,
             )
         )
         node = Node(config)
@@ -91,14 +95,16 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster3(
-    tmp_path: Path, settings: dict[str, str] | None = None
+    tmp_path: Path, settings: dict[str, str] | None = None, *, controllers: bool = True
 ) -> AsyncIterator[tuple[Cluster, CoordinatorClient]]:
+    """A coordinator and brokers 1-3; ``controllers=False``: no broker stands for
+    controller, so leadership and the ISR move only by the leader's own rules."""
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(
             serve_coordinator,
             CoordinatorConfig(port=0, data_dir=tmp_path / "coord", force_sync=False),
         )
-        cluster = Cluster(nursery, tmp_path, f"{host}:{port}")
+        cluster = Cluster(nursery, tmp_path, f"{host}:{port}", controllers)
         for b in (1, 2, 3):
             await cluster.start(b, settings)
         async with open_coordinator(cluster.coordinator) as zk:
@@ -164,6 +170,15 @@ async def latest(wire: Wire, replica_id: int = -1) -> int:
 async def wait_for_isr(zk: CoordinatorClient, predicate: Callable[[list[int]], bool]) -> list[int]:
     """Block on watches of the state znode until its ISR satisfies ``predicate`` (fails
     after 120 s of trio time: the autojump clock makes that quick when it never happens)."""
+    state = await wait_for_state(zk, lambda st: predicate(st.isr))
+    return state.isr
+
+
+async def wait_for_state(
+    zk: CoordinatorClient, predicate: Callable[[zl.PartitionState], bool]
+) -> zl.PartitionState:
+    """Block on watches of the state znode until it satisfies ``predicate`` (fails after
+    120 s of trio time)."""
     path = zl.partition_state_path(TOPIC, 0)
     with trio.fail_after(120):
         while True:
@@ -173,9 +188,9 @@ async def wait_for_isr(zk: CoordinatorClient, predicate: Callable[[list[int]], b
                 changed.set()
 
             data, _stat = await zk.get(path, watch=on_change)
-            isr = zl.PartitionState.decode(path, data).isr
-            if predicate(isr):
-                return isr
+            state = zl.PartitionState.decode(path, data)
+            if predicate(state):
+                return state
             await changed.wait()
 
 
@@ -265,7 +280,7 @@ async def test_consumers_never_read_above_the_high_watermark(
 async def test_acks_all_waits_for_every_isr_member(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, _zk):
+    async with cluster3(tmp_path, controllers=False) as (cluster, _zk):
         leader, replicas = await create_topic(await cluster.wire(1))
         wire = await cluster.wire(leader)
         follower = next(b for b in replicas if b != leader)
@@ -287,7 +302,7 @@ async def test_acks_all_waits_for_every_isr_member(
 async def test_min_insync_replicas_refuses_before_appending(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, zk):
+    async with cluster3(tmp_path, controllers=False) as (cluster, zk):
         leader, replicas = await create_topic(
             await cluster.wire(1), rf=2, configs={"min.insync.replicas": "2"}
         )
@@ -307,7 +322,7 @@ async def test_min_insync_replicas_refuses_before_appending(
 async def test_isr_shrinks_after_lag_time_and_expands_on_return(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, zk):
+    async with cluster3(tmp_path, controllers=False) as (cluster, zk):
         leader, replicas = await create_topic(await cluster.wire(1))
         wire = await cluster.wire(leader)
         follower = next(b for b in replicas if b != leader)
@@ -330,7 +345,7 @@ async def test_isr_shrinks_after_lag_time_and_expands_on_return(
 async def test_high_watermark_survives_a_restart(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, _zk):
+    async with cluster3(tmp_path, controllers=False) as (cluster, _zk):
         leader, _replicas = await create_topic(await cluster.wire(1))
         wire = await cluster.wire(leader)
         assert produced(await wire.call(produce(batch(b"a", b"b", b"c"), acks=-1))).error_code == 0
