@@ -79,6 +79,13 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--min-session-timeout-ms", type=int, default=None)
     p.add_argument("--max-session-timeout-ms", type=int, default=None)
     p.add_argument(
+        "--session-disconnect-grace-ms",
+        type=int,
+        default=1000,
+        help="expire a session this long after its connection closes unannounced, unless "
+        "the client reconnects (0: wait out the whole session timeout, as ZooKeeper)",
+    )
+    p.add_argument(
         "--snapshot-count",
         type=int,
         default=100_000,
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             tick_time_ms=args.tick_time_ms,
             min_session_timeout_ms=args.min_session_timeout_ms,
+            session_disconnect_grace_ms=args.session_disconnect_grace_ms,
             max_session_timeout_ms=args.max_session_timeout_ms,
             snapshot_count=args.snapshot_count,
             peers=peers,

@@ -34,6 +34,9 @@ class CoordinatorConfig:
     max_frame_bytes: int = 16 * MiB
     force_sync: bool = True
     shutdown_grace_ms: int = 1000
+    # A session whose connection closes unannounced expires this long after, unless its
+    # client reconnects (see sessions.py). 0: wait out the whole session timeout (ZooKeeper).
+    session_disconnect_grace_ms: int = 1000
     # The ensemble: id -> peer address of every member (this one included). Empty: standalone.
     peers: dict[int, tuple[str, int]] = field(default_factory=dict)
     peer_host: str = "127.0.0.1"
@@ -57,6 +60,8 @@ class CoordinatorConfig:
         if self.peers and self.id not in self.peers:
             members = ", ".join(str(i) for i in sorted(self.peers))
             raise ValueError(f"--id {self.id} is not in --peers (members: {members})")
+        if self.session_disconnect_grace_ms < 0:
+            raise ValueError("session_disconnect_grace_ms must be >= 0")
         if not 0 < self.heartbeat_interval_ms < self.election_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below election_timeout_ms")
 

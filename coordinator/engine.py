@@ -163,11 +163,19 @@ class Engine:
         if sid is not None:
             self.sessions.touch(sid, now_ms)
 
-    def connection_closed(self, conn_id: int) -> None:
+    def connection_closed(self, conn_id: int, now_ms: int | None = None) -> None:
+        """Forget the connection. ``now_ms`` is given when the client's side closed it
+        (not we, for a moved or expired session): its session then expires after the
+        disconnect grace unless the client comes back (sessions.py)."""
         self.watches.remove_watcher(conn_id)
         sid = self._conn_session.pop(conn_id, None)
         if sid is not None and self._session_conn.get(sid) == conn_id:
             del self._session_conn[sid]
+            if now_ms is not None:
+                self._disconnected(sid, now_ms)
+
+    def _disconnected(self, sid: int, now_ms: int) -> None:
+        self.sessions.disconnected(sid, now_ms, self.config.session_disconnect_grace_ms)
 
     def expired(self, now_ms: int) -> list[Expire]:
         return [Expire(sid) for sid in self.sessions.expired(now_ms)]

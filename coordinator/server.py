@@ -135,7 +135,9 @@ class _Server:
         while True:
             now = _now_ms()
             deadline = self.engine.sessions.next_deadline_ms()
-            wake = now + tick if deadline is None else min(deadline, now + tick)
+            # A disconnect can bring a deadline forward while we sleep: look again often.
+            step = min(tick, max(50, self.config.session_disconnect_grace_ms // 4 or tick))
+            wake = now + step if deadline is None else min(deadline, now + step)
             await trio.sleep_until(wake / 1000)
             for item in self.engine.expired(_now_ms()):
                 self.queue_send.send_nowait(item)
@@ -156,7 +158,7 @@ class _Server:
         finally:
             del self.conns[conn_id]
             self.counters.alive_connections -= 1
-            self.engine.connection_closed(conn_id)
+            self.engine.connection_closed(conn_id, _now_ms())
             await trio.aclose_forcefully(stream)
             conn.log.debug("connection_closed")
 

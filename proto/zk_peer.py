@@ -23,7 +23,7 @@ Malformed input raises ``RemoteProtocolError``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proto.codec import from_wire, packb, to_wire, unpackb
@@ -137,7 +137,11 @@ class ForwardResponse:
 
 @dataclass(frozen=True, slots=True)
 class SessionTouch:
+    """A member heard from these sessions' clients; ``disconnected``: these clients
+    dropped their connection to it without closing their session."""
+
     session_ids: list[int]
+    disconnected: list[int] = field(default_factory=list)
 
 
 PeerBody = (

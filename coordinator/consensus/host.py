@@ -108,6 +108,7 @@ class EnsembleEngine(Engine):
         "_seen_leader",
         "_snapshotting",
         "_touched",
+        "_unplugged",
         "async_disk",
         "disk",
         "node",
@@ -155,6 +156,7 @@ class EnsembleEngine(Engine):
         self._parked: list[tuple[int, int, Any]] = []  # (sid, opcode, (waiter, wire))
         self._peer_out: list[PeerMessage] = []
         self._touched: set[int] = set()
+        self._unplugged: set[int] = set()  # sessions whose client dropped its connection here
         # Connections whose Connect we handled and that are still open: a session created
         # or revalidated for a connection that closed meanwhile is not bound to it.
         self._live: set[int] = set()
@@ -190,13 +192,24 @@ class EnsembleEngine(Engine):
         if sid is not None:
             self._touch_session(sid, now_ms)
 
-    def connection_closed(self, conn_id: int) -> None:
+    def connection_closed(self, conn_id: int, now_ms: int | None = None) -> None:
         self._live.discard(conn_id)
-        super().connection_closed(conn_id)
+        super().connection_closed(conn_id, now_ms)
+
+    def _disconnected(self, sid: int, now_ms: int) -> None:
+        # Reported to the leader, which alone expires sessions; a touch queued before the
+        # close is dropped, or it would claim the client is still here.
+        self._touched.discard(sid)
+        if self.node.is_leader:
+            grace = self.config.session_disconnect_grace_ms
+            self.sessions.disconnected(sid, now_ms, grace, self.config.id)
+        else:
+            self._unplugged.add(sid)
 
     def _touch_session(self, sid: int, now_ms: int) -> None:
+        self._unplugged.discard(sid)
         if self.node.is_leader:
-            self.sessions.touch(sid, now_ms)
+            self.sessions.touch(sid, now_ms, self.config.id)
         else:
             self._touched.add(sid)
 
@@ -204,9 +217,13 @@ class EnsembleEngine(Engine):
         self.node.tick(now_ms)
         self._check_leader(now_ms, wall_ms, out)
         leader = self.node.leader_id
-        if self._touched and leader is not None and leader != self.config.id:
+        # A session bound here again since its old connection closed is not unplugged.
+        self._unplugged.difference_update(self._session_conn)
+        if (self._touched or self._unplugged) and leader not in (None, self.config.id):
             touched, self._touched = sorted(self._touched), set()
-            self._peer_out.append(PeerMessage(self.config.id, leader, SessionTouch(touched)))
+            unplugged, self._unplugged = sorted(self._unplugged), set()
+            touch = SessionTouch(touched, unplugged)
+            self._peer_out.append(PeerMessage(self.config.id, leader, touch))
 
     def expired(self, now_ms: int) -> list[Expire]:
         if not self.node.is_leader:
@@ -224,7 +241,10 @@ class EnsembleEngine(Engine):
         elif isinstance(body, SessionTouch):
             if self.node.is_leader:
                 for sid in body.session_ids:
-                    self.sessions.touch(sid, now_ms)
+                    self.sessions.touch(sid, now_ms, msg.src)
+                grace = self.config.session_disconnect_grace_ms
+                for sid in body.disconnected:
+                    self.sessions.disconnected(sid, now_ms, grace, msg.src)
         else:
             self.node.step(msg)
             self._check_leader(now_ms, wall_ms, out)
@@ -418,6 +438,8 @@ class EnsembleEngine(Engine):
         if opcode == REVALIDATE_SESSION:
             assert self._proposer is not None
             code = self._proposer.revalidate(sid, wire)
+            if code == 0:  # the client is back, through member ``src``
+                self.sessions.touch(sid, self.node.now_ms, src)
         ctx = self._next_ctx
         self._next_ctx += 1
         self._reads[ctx] = (src, fwd_id, code)
