@@ -499,7 +499,12 @@ class EnsembleEngine(Engine):
                 out.append(Close(closed_conn, "session_closed"))
         self._release_barriers(out)
         for rs in rd.read_states:
-            src, fwd_id, code = self._reads.pop(rs.ctx)
+            read = self._reads.pop(rs.ctx, None)
+            if read is None:
+                # Issued before a leadership change that already failed its waiter
+                # (``_check_leader`` clears ``_reads``); the node confirmed it since.
+                continue
+            src, fwd_id, code = read
             if src == self.config.id:
                 local = self._fwd.pop(-rs.ctx, None)
                 if local is not None:

@@ -135,10 +135,24 @@ async def test_kill_9_the_leader_under_load(tmp_path: Path) -> None:
                     _peer_ports(procs), tmp_path),
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        await _wait_listening(addresses[leader - 1])  # a loaded machine starts it slowly
         async with open_coordinator(addresses[leader - 1]) as zk2:
             await zk2.sync("/")
             children = set(await zk2.get_children("/"))
             assert all(p.lstrip("/") in children for p in acked)
+
+
+async def _wait_listening(address: str, timeout_s: float = 60) -> None:
+    host, port = address.rsplit(":", 1)
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, int(port))
+            except OSError:
+                await trio.sleep(0.05)  # the process is still booting
+                continue
+            await stream.aclose()
+            return
 
 
 def _peer_ports(procs: dict[int, subprocess.Popen[bytes]]) -> list[int]:
