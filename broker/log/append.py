@@ -82,10 +82,12 @@ def plan_append(
             set_base_offset(buf, next_offset, pos)
             set_leader_epoch(buf, leader_epoch, pos)
         else:
-            if h.base_offset != next_offset:
+            # A compacted leader log has offset gaps: offsets must only grow.
+            if h.base_offset < next_offset:
                 raise InvalidRecordError(
-                    f"batch base offset {h.base_offset} is not the next offset {next_offset}"
+                    f"batch base offset {h.base_offset} is below the next offset {next_offset}"
                 )
+            next_offset = h.base_offset
             if h.leader_epoch >= 0 and (not plan.epochs or h.leader_epoch > plan.epochs[-1][0]):
                 plan.epochs.append((h.leader_epoch, next_offset))
         if idempotent:

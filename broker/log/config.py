@@ -51,6 +51,8 @@ _INT_SPECS: Final[dict[str, _IntSpec]] = {
     "max.message.bytes": _IntSpec(0, INT_MAX),
     "file.delete.delay.ms": _IntSpec(0, LONG_MAX),
     "min.insync.replicas": _IntSpec(1, INT_MAX),
+    "delete.retention.ms": _IntSpec(0, LONG_MAX),
+    "min.compaction.lag.ms": _IntSpec(0, LONG_MAX),
 }
 
 
@@ -69,6 +71,13 @@ class LogConfig:
     max_message_bytes: int = 1048588
     file_delete_delay_ms: int = 60000
     cleanup_policy: str = "delete"
+    # Log compaction (broker/log/cleaner.py, docs/compaction.md): a log is cleaned when
+    # its dirty bytes reach this share of its cleanable bytes; a tombstone stays
+    # delete.retention.ms after the cleaning that first kept it; records younger than
+    # min.compaction.lag.ms are not compacted.
+    min_cleanable_dirty_ratio: float = 0.5
+    delete_retention_ms: int = 24 * 3600 * 1000
+    min_compaction_lag_ms: int = 0
     message_timestamp_type: str = "CreateTime"
     min_insync_replicas: int = 1
     unclean_leader_election_enable: bool = False
@@ -84,6 +93,10 @@ class LogConfig:
             raise _invalid("cleanup.policy", policy, "a list of 'delete' and/or 'compact'")
         if ",".join(parts) != policy:
             object.__setattr__(self, "cleanup_policy", ",".join(parts))
+        ratio = self.min_cleanable_dirty_ratio
+        if type(ratio) not in (int, float) or not 0 <= ratio <= 1:
+            raise _invalid("min.cleanable.dirty.ratio", ratio, _RATIO_ALLOWED)
+        object.__setattr__(self, "min_cleanable_dirty_ratio", float(ratio))
         if self.message_timestamp_type not in TIMESTAMP_TYPES:
             raise _invalid(
                 "message.timestamp.type", self.message_timestamp_type, " or ".join(TIMESTAMP_TYPES)
@@ -97,6 +110,11 @@ class LogConfig:
     def delete_enabled(self) -> bool:
         """Retention applies only when the cleanup policy contains ``delete``."""
         return "delete" in self.cleanup_policy.split(",")
+
+    @property
+    def compact_enabled(self) -> bool:
+        """The log cleaner compacts the log only when the cleanup policy contains ``compact``."""
+        return "compact" in self.cleanup_policy.split(",")
 
     @property
     def log_append_time(self) -> bool:
@@ -173,6 +191,9 @@ BROKER_LOG_CONFIGS: Final[dict[str, tuple[str, int]]] = {
     "message.max.bytes": ("max.message.bytes", 1),
     "log.segment.delete.delay.ms": ("file.delete.delay.ms", 1),
     "log.cleanup.policy": ("cleanup.policy", 1),
+    "log.cleaner.min.cleanable.ratio": ("min.cleanable.dirty.ratio", 1),
+    "log.cleaner.delete.retention.ms": ("delete.retention.ms", 1),
+    "log.cleaner.min.compaction.lag.ms": ("min.compaction.lag.ms", 1),
     "log.message.timestamp.type": ("message.timestamp.type", 1),
     "min.insync.replicas": ("min.insync.replicas", 1),
     "unclean.leader.election.enable": ("unclean.leader.election.enable", 1),
@@ -182,6 +203,9 @@ BROKER_LOG_CONFIGS: Final[dict[str, tuple[str, int]]] = {
 BROKER_TO_TOPIC_CONFIG: Final[dict[str, str]] = {
     broker_name: topic_name for broker_name, (topic_name, _unit) in BROKER_LOG_CONFIGS.items()
 }
+
+
+_RATIO_ALLOWED: Final = "a number in [0, 1]"
 
 
 def _attr(name: str) -> str:
@@ -221,6 +245,14 @@ def _parse(name: str, raw: str, key: str) -> Any:
         if not value or any(p not in CLEANUP_POLICIES for p in parts):
             raise _invalid(key, raw, "'delete', 'compact' or 'delete,compact'")
         return ",".join(parts)
+    if name == "min.cleanable.dirty.ratio":
+        try:
+            ratio = float(value)
+        except ValueError:
+            raise _invalid(key, raw, _RATIO_ALLOWED) from None
+        if not 0 <= ratio <= 1:  # also refuses nan
+            raise _invalid(key, raw, _RATIO_ALLOWED)
+        return ratio
     if name == "message.timestamp.type":
         if value not in TIMESTAMP_TYPES:
             raise _invalid(key, raw, " or ".join(TIMESTAMP_TYPES))

@@ -103,9 +103,12 @@ def load_segments(
             if i == last and clean and loaded and seg.check_tail():
                 continue
             # Unflushed (or failed its sanity check): scan, validate and rebuild.
-            scan = seg.recover()
+            scan = seg.recover(allow_gaps=i < last)  # only closed segments are compacted
             result.segments_recovered += 1
             result.recovered_bytes_scanned += scan.scanned_bytes
+            if i < last and scan.truncated_bytes == 0 and seg.next_offset <= bases[i + 1]:
+                seg.next_offset = bases[i + 1]  # a compacted segment may end in a gap
+                continue
             if scan.truncated_bytes or (i < last and seg.next_offset != bases[i + 1]):
                 later = segments[i + 1 :]
                 dropped = scan.truncated_bytes + sum(s.size for s in later)

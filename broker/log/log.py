@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import structlog
 
 from broker.log.append import plan_append
 from broker.log.checkpoint import fsync_dir
+from broker.log.cleaned_segment import complete_swaps
 from broker.log.config import LogConfig
 from broker.log.epoch_cache import LeaderEpochCache
 from broker.log.loader import load_leader_epoch_cache, load_segments
@@ -120,6 +121,7 @@ class Log:
         log = structlog.get_logger("broker.log").bind(topic=topic, partition=partition)
         try:
             dir.mkdir(parents=True, exist_ok=True)
+            complete_swaps(dir, config, log)  # a log cleaning cut short by a crash
             loaded = load_segments(
                 dir, config, recovery_point=recovery_point, clean=clean, now_ms=now, log=log
             )
@@ -192,6 +194,11 @@ class Log:
     @property
     def segment_base_offsets(self) -> list[int]:
         return list(self._bases)
+
+    @property
+    def segments(self) -> list[LogSegment]:
+        """The segments, oldest first (a copy; the last one is the active segment)."""
+        return list(self._segments)
 
     @property
     def _active(self) -> LogSegment:
@@ -453,6 +460,27 @@ class Log:
     @property
     def pending_deletes(self) -> int:
         return len(self._pending_deletes)
+
+    def replace_segments(
+        self, old: Sequence[LogSegment], install: Callable[[], LogSegment], now_ms: int
+    ) -> LogSegment:
+        """Swap the contiguous closed segments ``old`` for the one ``install`` renames into
+        place and opens (the log cleaner's output, ``cleaner.py``): ``old`` go to
+        ``*.deleted`` first (fds open for in-flight reads), as Kafka's replaceSegments."""
+        self._check_open()
+        i = next((k for k, s in enumerate(self._segments) if s is old[0]), -1)
+        n = len(old)
+        if i < 0 or self._segments[i : i + n] != list(old) or i + n >= len(self._segments):
+            raise KafkaStorageError(f"{self.dir.name}: segments to replace are not in the log")
+        self._schedule_deletes(list(old), now_ms)
+        try:
+            new = install()
+        except OSError as exc:
+            raise KafkaStorageError(f"swap in {self.dir.name} failed: {exc}") from exc
+        new.next_offset = self._bases[i + n]  # a compacted segment may end in an offset gap
+        self._segments[i : i + n] = [new]
+        self._bases[i : i + n] = [new.base_offset]
+        return new
 
     # --- truncation, close, delete ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from broker.log.checkpoint import read_checkpoint, write_checkpoint
+from broker.log.cleaner import CleanerStats, LogCleaner
 from broker.log.config import LogConfig
 from broker.log.log import Log, wall_clock_ms
 from proto.errors import InvalidTopicError, KafkaStorageError
@@ -57,6 +58,7 @@ class LogManager:
         self._checkpointed: dict[tuple[str, int], int] | None = None
         self._log = structlog.get_logger("broker.log").bind(log_dir=str(log_dir))
         self.clean_startup: bool | None = None  # set by startup()
+        self.cleaner = LogCleaner(log_dir)  # compaction; run by clean_logs
 
     @property
     def _checkpoint_path(self) -> Path:
@@ -143,6 +145,7 @@ class LogManager:
         except OSError as exc:
             raise KafkaStorageError(f"cannot delete {log.dir}: {exc}") from exc
         self._deleted_dirs.append((self._now_ms() + log.config.file_delete_delay_ms, log, target))
+        self.cleaner.forget(topic, partition)
         self._log.info("log_deleted", topic=topic, partition=partition)
 
     def tick(self, now_ms: int) -> None:
@@ -159,6 +162,17 @@ class LogManager:
                 keep.append((due, log, path))
         self._deleted_dirs = keep
         self.checkpoint_recovery_points()
+
+    def clean_logs(
+        self, now_ms: int, *, high_watermark: Callable[[Log], int | None] | None = None
+    ) -> list[CleanerStats]:
+        """Compact the logs whose cleanup.policy has ``compact`` and that are dirty enough
+        (``cleaner.py``); the broker calls this periodically (Kafka: log.cleaner.backoff.ms).
+        ``high_watermark`` bounds each log's cleaning (None: no bound but the recovery point)."""
+        # Cleaning stops at each log's recovery point; checkpointing it first means crash
+        # recovery never rescans a cleaned segment.
+        self.checkpoint_recovery_points()
+        return self.cleaner.clean_logs(self.all_logs(), now_ms, upper_bound=high_watermark)
 
     def checkpoint_recovery_points(self) -> None:
         """Write the recovery-point checkpoint if any log's recovery point moved."""

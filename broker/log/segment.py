@@ -32,6 +32,8 @@ __all__ = [
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
+# base offset, length, leader epoch, magic, crc, attributes, last offset delta
+_HEAD = struct.Struct(">qiibIhi")
 _MIN_LENGTH = BATCH_OVERHEAD - LOG_OVERHEAD
 _SCAN_CHUNK = 4 * 1024 * 1024
 _HEADER_CHUNK = 64 * 1024
@@ -176,50 +178,42 @@ class LogSegment:
 
     # --- reading ------------------------------------------------------------------------
 
-    def _head(self, position: int) -> tuple[int, int]:
-        """(base offset, total size) of the batch at ``position``: one 12-byte pread."""
-        raw = os.pread(self.fd, LOG_OVERHEAD, position)
-        if len(raw) < LOG_OVERHEAD:
+    def _head(self, position: int) -> tuple[int, int, int]:
+        """(base offset, total size, next offset) of the batch at ``position``: one
+        27-byte pread (up to the last offset delta)."""
+        raw = os.pread(self.fd, _HEAD.size, position)
+        if len(raw) < _HEAD.size:
             raise KafkaStorageError(f"{self!r}: short batch header at {position}")
-        base, length = _OFFSET_AND_LENGTH.unpack(raw)
+        base, length, _epoch, _magic, _crc, _attrs, last_delta = _HEAD.unpack(raw)
         if length < _MIN_LENGTH:
             raise KafkaStorageError(f"{self!r}: bad batch length {length} at {position}")
-        return base, length + LOG_OVERHEAD
+        return base, length + LOG_OVERHEAD, base + last_delta + 1
 
     def read(self, offset: int, max_bytes: int, max_offset: int) -> FileRecords | None:
-        """Whole batches from the one containing ``offset``, within ``max_bytes`` (but at
-        least one batch), none reaching ``max_offset`` (exclusive)."""
+        """Whole batches from the first one ending after ``offset``, within ``max_bytes``
+        (but at least one batch), none reaching ``max_offset`` (exclusive). A compacted
+        segment has offset gaps: ``offset`` may fall between two batches or after the last
+        one (then None: the next segment has it)."""
         end = self.size
         pos = self.offset_index.lookup(offset - self.base_offset)
         if pos >= end:
             return None
-        _base, size = self._head(pos)
-        # Walk forward to the batch containing ``offset``: the last one starting at or
-        # before it. ``nxt_base`` is where the current batch ends, in offsets.
-        while True:
-            nxt = pos + size
+        _base, size, batch_end = self._head(pos)
+        nxt = pos + size
+        while batch_end <= offset:
             if nxt >= end:
-                nxt_base = self.next_offset
-                break
-            nb, ns = self._head(nxt)
-            if nb > offset:
-                nxt_base = nb
-                break
-            pos, size = nxt, ns
-        if nxt_base <= offset:
-            return None
+                return None
+            pos = nxt
+            _base, size, batch_end = self._head(pos)
+            nxt = pos + size
         start, total = pos, 0
-        while nxt_base <= max_offset and (total == 0 or total + size <= max_bytes):
+        while batch_end <= max_offset and (total == 0 or total + size <= max_bytes):
             total += size
             if nxt >= end:
                 break
-            pos, size = nxt, ns
+            pos = nxt
+            _base, size, batch_end = self._head(pos)
             nxt = pos + size
-            if nxt >= end:
-                nxt_base = self.next_offset
-            else:
-                nb, ns = self._head(nxt)
-                nxt_base = nb
         return FileRecords(self.fd, start, total) if total else None
 
     def find_timestamp(self, timestamp: int) -> tuple[int, int] | None:
@@ -316,7 +310,7 @@ class LogSegment:
         self._bytes_since_index = bytes_after_index
         return True
 
-    def recover(self, *, validate: bool = True) -> ScanResult:
+    def recover(self, *, validate: bool = True, allow_gaps: bool = False) -> ScanResult:
         """Rebuild both indexes by scanning every batch; cut the file at the first torn or
         corrupt batch (or, with ``validate`` False, only at a torn one)."""
         self.offset_index.truncate_to_entries(0)
@@ -327,7 +321,8 @@ class LogSegment:
         expected = self.base_offset
         scan = _Scanner(self.fd, self.size, validate)
         for pos, h in scan:
-            if h.base_offset != expected:
+            # Offsets are contiguous, except in a compacted (closed) segment: they only grow.
+            if h.base_offset < expected or (h.base_offset != expected and not allow_gaps):
                 scan.reason = f"batch at {pos} has base offset {h.base_offset}, expected {expected}"
                 scan.valid_bytes = pos
                 break
@@ -352,7 +347,7 @@ class LogSegment:
         removed = self.size - cut
         os.ftruncate(self.fd, cut)
         self.size = cut
-        self.recover(validate=False)
+        self.recover(validate=False, allow_gaps=True)
         return removed
 
     # --- lifecycle ----------------------------------------------------------------------
