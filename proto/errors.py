@@ -219,9 +219,24 @@ class IllegalGenerationError(BrokerResponseError):
     pass
 
 
+@register(23, "INCONSISTENT_GROUP_PROTOCOL")
+class InconsistentGroupProtocolError(BrokerResponseError):
+    """The member's protocol type differs from the group's, or it shares no protocol."""
+
+
+@register(24, "INVALID_GROUP_ID")
+class InvalidGroupIdError(BrokerResponseError):
+    pass
+
+
 @register(25, "UNKNOWN_MEMBER_ID")
 class UnknownMemberIdError(BrokerResponseError):
     pass
+
+
+@register(26, "INVALID_SESSION_TIMEOUT")
+class InvalidSessionTimeoutError(BrokerResponseError):
+    """session_timeout_ms is outside group.min/max.session.timeout.ms."""
 
 
 @register(27, "REBALANCE_IN_PROGRESS")
@@ -303,6 +318,46 @@ class FencedLeaderEpochError(BrokerResponseError):
 @register(75, "UNKNOWN_LEADER_EPOCH", retriable=True)
 class UnknownLeaderEpochError(BrokerResponseError):
     pass
+
+
+@register(68, "NON_EMPTY_GROUP")
+class NonEmptyGroupError(BrokerResponseError):
+    """A group with members cannot be deleted."""
+
+
+@register(69, "GROUP_ID_NOT_FOUND")
+class GroupIdNotFoundError(BrokerResponseError):
+    pass
+
+
+@register(77, "STALE_BROKER_EPOCH")
+class StaleBrokerEpochError(BrokerResponseError):
+    """A broker request carried the epoch of an older registration of that broker id."""
+
+
+@register(79, "MEMBER_ID_REQUIRED")
+class MemberIdRequiredError(BrokerResponseError):
+    """KIP-394: join again with the member id this response carries."""
+
+
+@register(80, "PREFERRED_LEADER_NOT_AVAILABLE", retriable=True)
+class PreferredLeaderNotAvailableError(BrokerResponseError):
+    """The preferred replica is not live or not in the ISR: it cannot lead now."""
+
+
+@register(81, "GROUP_MAX_SIZE_REACHED")
+class GroupMaxSizeReachedError(BrokerResponseError):
+    pass
+
+
+@register(82, "FENCED_INSTANCE_ID")
+class FencedInstanceIdError(BrokerResponseError):
+    """KIP-345: another member joined with this group.instance.id; this one must stop."""
+
+
+@register(84, "ELECTION_NOT_NEEDED")
+class ElectionNotNeededError(BrokerResponseError):
+    """The preferred replica already leads the partition."""
 
 
 @register(87, "INVALID_RECORD")
