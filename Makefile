@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-zk clean
+.PHONY: run test lint typecheck pytest bench bench-replication bench-zk clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/minibroker cluster up --brokers 3 --coordinators 1 --data-dir ./data
+	$(BIN)/minibroker cluster up --brokers 3 --coordinators 3 --data-dir ./data
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,10 +30,31 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# Three brokers: RF 3 acks=all produce throughput and kill -9 leader failover.
+bench-replication: $(STAMP)
+	$(BIN)/python -m bench.replication_bench $(ARGS)
+
 # The coordinator against Apache ZooKeeper 3.8 (apt-get install zookeeper default-jre-headless;
 # without it only minibroker's side runs). ARGS="-n 20000" and so on pass through.
 bench-zk: $(STAMP)
 	$(BIN)/python -m bench.zk_compare $(ARGS)
+
+# Docker (docs/docker.md). `make image` builds minibroker:latest without any registry: a
+# Debian base from debootstrap (built once, then cached), wheels built on this host, then
+# docker build installing from those wheels only. IMAGE=... and BASE_IMAGE=... pass through.
+.PHONY: image compose-up compose-down
+# `docker compose` (the plugin) where it exists, else the standalone `docker-compose`.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+image:
+	PYTHON=$(PYTHON) docker/build-image.sh
+
+compose-up: image
+	$(COMPOSE) up -d
+
+# Stops and removes the containers; the data volumes stay (`$(COMPOSE) down -v` drops them).
+compose-down:
+	$(COMPOSE) down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -19,6 +19,7 @@ from broker.config import (
     BrokerConfig,
     parse_hostport,
 )
+from broker.health import register_cli as register_health_cli
 from broker.logsetup import configure_logging
 from proto.errors import InvalidConfigurationError
 
@@ -34,22 +35,23 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> BrokerConfig:
-    host, port = parse_hostport(args.listen, DEFAULT_BROKER_PORT)
-    adv_host: str | None = None
-    adv_port: int | None = None
+    # Only what was given: --listen and --set listeners=... must not both be in force.
+    addresses: dict[str, object] = {}
+    port = DEFAULT_BROKER_PORT
+    if args.listen is not None:
+        host, port = parse_hostport(args.listen, DEFAULT_BROKER_PORT)
+        addresses.update(listen_host=host, listen_port=port)
     if args.advertise:
         adv_host, adv_port = parse_hostport(args.advertise, port)
+        addresses.update(advertised_host=adv_host, advertised_port=adv_port)
     for hp in args.coordinator.split(","):
         parse_hostport(hp, DEFAULT_COORDINATOR_PORT)
     return BrokerConfig.from_settings(
         args.id,
         _settings(args.set or []),
-        listen_host=host,
-        listen_port=port,
-        advertised_host=adv_host,
-        advertised_port=adv_port,
         coordinator=args.coordinator,
         data_dir=args.data_dir,
+        **addresses,
     )
 
 
@@ -124,16 +126,21 @@ def run_cluster_up(args: argparse.Namespace) -> int:
         return proc
 
     def stop_all() -> None:
-        for _name, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _name, proc in reversed(procs):
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        # Brokers first (each hands its leaderships over through the coordinator, Kafka's
+        # controlled shutdown), then the coordinators.
+        brokers = [p for name, p in procs if name.startswith("broker")]
+        others = [p for name, p in procs if not name.startswith("broker")]
+        for group in (brokers, others):
+            for proc in reversed(group):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            for proc in reversed(group):
+                try:
+                    proc.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
     # Both signals stop the cluster, even when started in the background (where a shell
     # leaves SIGINT ignored).
@@ -210,7 +217,13 @@ def run_cluster_up(args: argparse.Namespace) -> int:
 def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run one broker")
     p.add_argument("--id", type=int, required=True, help="broker id (unique in the cluster)")
-    p.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_BROKER_PORT}", metavar="HOST:PORT")
+    p.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"one listener (default 127.0.0.1:{DEFAULT_BROKER_PORT}); for several, "
+        "--set listeners=NAME://HOST:PORT,... as Kafka",
+    )
     p.add_argument(
         "--advertise",
         default=None,
@@ -263,3 +276,4 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="a broker setting passed to every broker",
     )
     up.set_defaults(func=run_cluster_up)
+    register_health_cli(sub)  # `minibroker health broker|coordinator`

@@ -11,6 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from broker.listeners import (
+    DEFAULT_LISTENER_NAME,
+    Endpoint,
+    ListenerPlan,
+    parse_endpoints,
+    parse_protocol_map,
+)
 from broker.log.config import BROKER_TO_TOPIC_CONFIG, LogConfig
 from proto.errors import InvalidConfigurationError
 from proto.framing import DEFAULT_MAX_FRAME_SIZE
@@ -64,6 +71,16 @@ _REPLICA_SETTINGS: dict[str, tuple[int, int]] = {
     "replica.high.watermark.checkpoint.interval.ms": (1, 2**31 - 1),
 }
 
+# Controlled shutdown and leader balance (Kafka's names): name -> (low, high) bounds.
+_CONTROLLER_INT_SETTINGS: dict[str, tuple[int, int]] = {
+    "controlled.shutdown.max.retries": (0, 1000),
+    "controlled.shutdown.retry.backoff.ms": (0, 600_000),
+    "controller.socket.timeout.ms": (1, 2**31 - 1),
+    "leader.imbalance.check.interval.seconds": (1, 2**31 - 1),
+    "leader.imbalance.per.broker.percentage": (0, 100),
+}
+_CONTROLLER_BOOL_SETTINGS = ("controlled.shutdown.enable", "auto.leader.rebalance.enable")
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
@@ -72,6 +89,11 @@ class BrokerConfig:
     listen_port: int = DEFAULT_BROKER_PORT
     advertised_host: str | None = None
     advertised_port: int | None = None
+    # Kafka's named listeners (broker/listeners.py); unset: the one listen_host:listen_port.
+    listeners: tuple[Endpoint, ...] = ()
+    advertised_listeners: tuple[Endpoint, ...] | None = None
+    inter_broker_listener_name: str | None = None
+    listener_security_protocol_map: dict[str, str] | None = None
     coordinator: str = f"127.0.0.1:{DEFAULT_COORDINATOR_PORT}"
     data_dir: str = "./data"
     rack: str | None = None
@@ -94,6 +116,15 @@ class BrokerConfig:
     # Stand for controller election (every broker does, as Kafka's ZooKeeper mode; tests of
     # the leader's own ISR rules turn it off so dead followers stay in the ISR).
     controller_enable: bool = True
+    # On a clean stop, ask the controller to move this broker's leaderships first.
+    controlled_shutdown_enable: bool = True
+    controlled_shutdown_max_retries: int = 3
+    controlled_shutdown_retry_backoff_ms: int = 5_000
+    controller_socket_timeout_ms: int = 30_000
+    # The controller moves leadership back to preferred replicas (Kafka's defaults).
+    auto_leader_rebalance_enable: bool = True
+    leader_imbalance_check_interval_seconds: int = 300
+    leader_imbalance_per_broker_percentage: int = 10
     log: LogConfig = field(default_factory=LogConfig)
     settings: dict[str, str] = field(default_factory=dict)
 
@@ -126,12 +157,56 @@ class BrokerConfig:
                 own["log_flush_scheduler_interval_ms"] = _int(name, value, 1)
             elif name in _REPLICA_SETTINGS:
                 own[name.replace(".", "_")] = _int(name, value, *_REPLICA_SETTINGS[name])
+            elif name in _CONTROLLER_INT_SETTINGS:
+                own[name.replace(".", "_")] = _int(name, value, *_CONTROLLER_INT_SETTINGS[name])
+            elif name in _CONTROLLER_BOOL_SETTINGS:
+                own[name.replace(".", "_")] = _bool(name, value)
             elif name == "broker.rack":
                 own["rack"] = value
+            elif name in ("listeners", "advertised.listeners"):
+                own[name.replace(".", "_")] = parse_endpoints(value, name)
+            elif name == "inter.broker.listener.name":
+                own["inter_broker_listener_name"] = value.strip().upper()
+            elif name == "listener.security.protocol.map":
+                own["listener_security_protocol_map"] = parse_protocol_map(value)
             else:
                 raise InvalidConfigurationError(f"unknown broker setting {name!r}")
+        # The single-listener flags and named listeners are two ways to say one thing.
+        if "listeners" in own and kw.get("listen_host") is not None:
+            raise InvalidConfigurationError("listeners= and --listen both given: use one")
+        if kw.get("advertised_host") is not None and (
+            "listeners" in own or "advertised_listeners" in own
+        ):
+            raise InvalidConfigurationError(
+                "--advertise goes with --listen; with listeners= use advertised.listeners="
+            )
         log = LogConfig.from_broker_props(log_props)
-        return cls(broker_id=broker_id, log=log, settings=dict(settings), **own, **kw)  # type: ignore[arg-type]
+        config = cls(broker_id=broker_id, log=log, settings=dict(settings), **own, **kw)  # type: ignore[arg-type]
+        config.listener_plan  # noqa: B018 - validates the listener settings together, now
+        return config
+
+    @property
+    def listener_plan(self) -> ListenerPlan:
+        """What to bind and register; the single --listen form unless listeners are named."""
+        named = (
+            self.listeners,
+            self.advertised_listeners,
+            self.inter_broker_listener_name,
+            self.listener_security_protocol_map,
+        )
+        if not any(x is not None and x != () for x in named):
+            return ListenerPlan.single(
+                self.listen_host, self.listen_port, self.advertised_host, self.advertised_port
+            )
+        bind = self.listeners or (
+            Endpoint(DEFAULT_LISTENER_NAME, self.listen_host, self.listen_port),
+        )
+        return ListenerPlan.from_settings(
+            bind,
+            self.advertised_listeners,
+            self.inter_broker_listener_name,
+            self.listener_security_protocol_map,
+        )
 
     @property
     def advertised(self) -> tuple[str, int]:

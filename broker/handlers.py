@@ -17,12 +17,16 @@ from typing import Any
 import structlog
 import trio
 
+from broker import controller_api
 from broker import zk_layout as zl
 from broker.config import BrokerConfig
+from broker.controller import Controller
+from broker.listeners import CURRENT_LISTENER
 from broker.log import Log, LogManager
 from broker.log.config import LogConfig
 from broker.metadata_cache import ClusterView, MetadataCache
 from broker.partition_logs import open_partition_log
+from broker.producer_ids import ProducerIdManager
 from broker.purgatory import FetchPurgatory
 from broker.replica_manager import ReplicaManager
 from broker.replication import LeaderState
@@ -34,6 +38,7 @@ from proto.errors import (
     BrokerRequestTimedOutError,
     BrokerResponseError,
     ConnectionLossError,
+    InvalidRequestError,
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NodeExistsError,
@@ -76,6 +81,8 @@ class RequestHandler:
         self.zk = zk
         self.purgatory = purgatory
         self.replicas = replicas
+        self.controller: Controller | None = None  # set by the broker with its session
+        self.producer_ids = ProducerIdManager(config.broker_id, zk)
         self._handlers: dict[type[m.Request], Handler] = {
             m.ApiVersionsRequest: self.api_versions,
             m.MetadataRequest: self.metadata,
@@ -86,6 +93,9 @@ class RequestHandler:
             m.DeleteTopicsRequest: self.delete_topics,
             m.DescribeConfigsRequest: self.describe_configs,
             m.OffsetForLeaderEpochRequest: self.offset_for_leader_epoch,
+            m.ControlledShutdownRequest: self.controlled_shutdown,
+            m.ElectLeadersRequest: self.elect_leaders,
+            m.InitProducerIdRequest: self.init_producer_id,
         }
 
     async def handle(self, request: m.Request) -> m.Response | None:
@@ -178,6 +188,10 @@ class RequestHandler:
             view = await self._auto_create(view, req.topics)
         names = sorted(view.topics) if req.topics is None else req.topics
         live = view.brokers
+        # Kafka's rule: addresses on the listener this request came in on; a broker without
+        # that listener is left out (its partitions have no leader seen from here).
+        listener = CURRENT_LISTENER.get(None) or self.config.listener_plan.inter_broker
+        reachable = {bid: ep for bid, b in live.items() if (ep := b.endpoint(listener)) is not None}
         topics: list[m.TopicMetadata] = []
         for name in names:
             info = view.topics.get(name)
@@ -188,7 +202,7 @@ class RequestHandler:
             parts: list[m.PartitionMetadata] = []
             for p, pinfo in sorted(info.partitions.items()):
                 state = pinfo.state
-                leader = state.leader if state is not None and state.leader in live else -1
+                leader = state.leader if state is not None and state.leader in reachable else -1
                 code = 0 if leader >= 0 else LeaderNotAvailableError.code
                 parts.append(
                     m.PartitionMetadata(
@@ -204,8 +218,8 @@ class RequestHandler:
                 )
             topics.append(m.TopicMetadata(0, name, name in INTERNAL_TOPICS, parts))
         brokers = [
-            m.BrokerMetadata(b.broker_id, b.host, b.port, b.rack)
-            for b in sorted(live.values(), key=lambda b: b.broker_id)
+            m.BrokerMetadata(bid, ep.host, ep.port, live[bid].rack)
+            for bid, ep in sorted(reachable.items())
         ]
         return m.MetadataResponse(brokers, view.cluster_id, view.controller_id, topics)
 
@@ -253,6 +267,14 @@ class RequestHandler:
                     code, msg = _error(exc)
                     parts.append(m.ProducePartitionResponse(pd.partition, code, -1, -1, -1, msg))
                     continue
+                if info.duplicate:  # an idempotent producer's retry: its original offsets
+                    log.info(
+                        "produce_duplicate",
+                        topic=t.name,
+                        partition=pd.partition,
+                        first_offset=info.first_offset,
+                        last_offset=info.last_offset,
+                    )
                 self.replicas.on_append(key, plog.log_end_offset)
                 self.purgatory.notify(key)
                 if req.acks == -1:
@@ -395,6 +417,29 @@ class RequestHandler:
                 parts.append(m.EpochEndOffsetResult(0, op.partition, epoch, end))
             out.append(m.OffsetForLeaderTopicResult(t.name, parts))
         return m.OffsetForLeaderEpochResponse(out)
+
+    # --- InitProducerId ------------------------------------------------------------
+
+    async def init_producer_id(self, req: m.InitProducerIdRequest) -> m.InitProducerIdResponse:
+        """A new producer id with epoch 0: Kafka's answer when there is no transactional
+        id, whatever id and epoch the producer sends (transactions are not supported)."""
+        try:
+            if req.transactional_id is not None:
+                raise InvalidRequestError("transactions are not supported")
+            producer_id = await self.producer_ids.generate()
+        except BrokerResponseError as exc:
+            return m.InitProducerIdResponse(exc.code, -1, -1, error_message=exc.message)
+        return m.InitProducerIdResponse(0, producer_id, 0)
+
+    # --- ControlledShutdown / ElectLeaders (served by the controller) ---------------
+
+    async def controlled_shutdown(
+        self, req: m.ControlledShutdownRequest
+    ) -> m.ControlledShutdownResponse:
+        return await controller_api.controlled_shutdown(self.controller, req)
+
+    async def elect_leaders(self, req: m.ElectLeadersRequest) -> m.ElectLeadersResponse:
+        return await controller_api.elect_leaders(self.controller, req)
 
     # --- CreateTopics / DeleteTopics / DescribeConfigs ------------------------------
 

@@ -187,6 +187,8 @@ class ReplicaFetcher:
                 log_end_offset=plog.log_end_offset,
             )
             plog.truncate_to(offset)
+            # What follows is new, so dirty for the log cleaner (Kafka's maybeTruncateCheckpoint).
+            self.manager.logs.cleaner.truncate_checkpoint(topic, partition, offset)
 
     # --- fetching ---------------------------------------------------------------------
 

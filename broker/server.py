@@ -2,8 +2,11 @@
 
 ``serve(config)`` follows hypercorn's trio shape: it binds (port 0 in tests), reports the
 bound address through ``task_status.started``, serves until ``shutdown`` is set (or it is
-cancelled), then stops accepting, closes its coordinator session (its ephemeral registration
-vanishes at once) and shuts the logs down cleanly (the clean-shutdown marker).
+cancelled), then (with ``controlled.shutdown.enable``) asks the controller to move its
+leaderships away while it still serves (``broker.controlled_shutdown``), gives up the
+controller role if it holds it, stops accepting, closes its coordinator session (its
+ephemeral registration vanishes at once) and shuts the logs down cleanly (the
+clean-shutdown marker).
 
 Per connection: one loop reads bytes into the sans-IO ``ServerConnection`` and handles the
 requests one after another, as Kafka does, so produce requests pipelined on one connection
@@ -14,9 +17,12 @@ are appended in the order they were sent. Fetch responses go out as msgpack pref
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import itertools
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -26,8 +32,10 @@ import trio
 
 from broker import zk_layout as zl
 from broker.config import BrokerConfig
-from broker.controller import Controller
+from broker.controlled_shutdown import ask_controller, shut_down_controlled
+from broker.controller import Controller, LeaderBalance
 from broker.handlers import RequestHandler, close_file_records, topic_log_config
+from broker.listeners import CURRENT_LISTENER, Endpoint
 from broker.log import LogManager
 from broker.metadata_cache import ClusterView, MetadataCache
 from broker.partition_logs import reconcile_logs
@@ -41,6 +49,8 @@ from proto.connection import ServerConnection
 from proto.errors import (
     BrokerResponseError,
     ConnectionFailedError,
+    CorruptRecordError,
+    KafkaStorageError,
     MinibrokerError,
     NodeExistsError,
     RemoteProtocolError,
@@ -49,6 +59,7 @@ from proto.errors import (
 from proto.messages import UnsupportedRequest
 
 RECEIVE_SIZE = 256 * 1024
+LOG_CLEANER_BACKOFF_MS = 15_000  # Kafka's log.cleaner.backoff.ms
 _conn_ids = itertools.count(1)
 
 
@@ -92,10 +103,17 @@ class Broker:
     a partition from the ensemble) it opens a new one and registers again, as Kafka does,
     while the connections it serves stay open."""
 
-    def __init__(self, config: BrokerConfig, logs: LogManager, advertised: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        logs: LogManager,
+        advertised: tuple[str, int],
+        endpoints: tuple[Endpoint, ...] = (),
+    ) -> None:
         self.config = config
         self.logs = logs
-        self.advertised = advertised
+        self.advertised = advertised  # the inter-broker listener's address
+        self.endpoints = endpoints  # every advertised listener (empty: PLAINTEXT only)
         self.log = structlog.get_logger("broker").bind(broker_id=config.broker_id)
         self.purgatory = FetchPurgatory()
         self.replicas = ReplicaManager(
@@ -109,6 +127,8 @@ class Broker:
         self._cache: MetadataCache | None = None
         self._handler: RequestHandler | None = None
         self.controller: Controller | None = None
+        self.broker_epoch = -1  # czxid of our registration in the current session
+        self.leaving = False  # in controlled shutdown: lead until moved, follow nothing
         self.sessions_done = trio.Event()
         self._last_view: ClusterView | None = None
         self._strays: set[tuple[str, int]] = set()
@@ -191,12 +211,22 @@ class Broker:
                 zk,
                 self.cache,
                 lambda overrides: topic_log_config(self.config.log, overrides),
+                LeaderBalance(
+                    self.config.auto_leader_rebalance_enable,
+                    self.config.leader_imbalance_check_interval_seconds,
+                    self.config.leader_imbalance_per_broker_percentage,
+                ),
             )
+            self.handler.controller = self.controller
+            candidacy = trio.CancelScope()
+            candidacy_done = trio.Event()
             async with trio.open_nursery() as nursery:
                 # The first load sees our own registration, so we serve with it in view.
                 await nursery.start(self.cache.run)
                 if self.config.controller_enable:
-                    nursery.start_soon(self.controller.run)
+                    nursery.start_soon(self._stand_for_controller, candidacy, candidacy_done)
+                else:
+                    candidacy_done.set()
                 if task_status is not None:
                     task_status.started()
                 async with trio.open_nursery() as waiters:
@@ -207,9 +237,55 @@ class Broker:
 
                     waiters.start_soon(wait_and_cancel, stop)
                     waiters.start_soon(wait_and_cancel, lost)
+                if stop.is_set() and not lost.is_set():
+                    await self._leave_cluster(candidacy, candidacy_done)
                 nursery.cancel_scope.cancel()
         if lost.is_set() and not stop.is_set():
             self.log.warning("coordinator_session_expired_registering_again")
+
+    async def _stand_for_controller(self, candidacy: trio.CancelScope, done: trio.Event) -> None:
+        assert self.controller is not None
+        try:
+            with candidacy:
+                await self.controller.run()
+        finally:
+            done.set()
+
+    async def _leave_cluster(self, candidacy: trio.CancelScope, candidacy_done: trio.Event) -> None:
+        """A clean stop, session still up: move our leaderships away (connections are
+        still served meanwhile), then give up the controller role if we hold it."""
+        controller = self.controller
+        assert controller is not None
+        timeout_s = self.config.controller_socket_timeout_ms / 1000
+        if self.config.controlled_shutdown_enable:
+            # Stop following first, as Kafka's StopReplica does: a follower that kept
+            # fetching would be taken back into the ISR the controller drops it from.
+            self.leaving = True
+            self.replicas.on_view(self._roles_view(self.cache.view))
+
+            async def attempt() -> list[tuple[str, int]]:
+                return await ask_controller(
+                    self.config.broker_id, self.broker_epoch, self.cache, controller, timeout_s
+                )
+
+            moved = await shut_down_controlled(
+                attempt,
+                self.config.controlled_shutdown_max_retries,
+                self.config.controlled_shutdown_retry_backoff_ms / 1000,
+                self.config.broker_id,
+            )
+            if moved:
+                # See the moves now: deposed roles end and acks=all waiters answer
+                # NOT_LEADER_OR_FOLLOWER before the connections close.
+                with contextlib.suppress(MinibrokerError), trio.move_on_after(timeout_s):
+                    await self.cache.refresh_now()
+        candidacy.cancel()
+        await candidacy_done.wait()  # no longer standing: nobody re-creates /controller
+        try:
+            with trio.move_on_after(timeout_s):
+                await controller.resign()
+        except MinibrokerError as exc:
+            self.log.warning("controller_resign_failed", error=str(exc))
 
     # --- coordinator ------------------------------------------------------------------
 
@@ -221,7 +297,9 @@ class Broker:
 
     async def register(self) -> None:
         host, port = self.advertised
-        reg = zl.BrokerRegistration(self.config.broker_id, host, port, self.config.rack, _now_ms())
+        reg = zl.BrokerRegistration(
+            self.config.broker_id, host, port, self.config.rack, _now_ms(), self.endpoints
+        )
         path = zl.broker_path(self.config.broker_id)
         # A broker killed a moment ago leaves its ephemeral until its session expires: wait
         # for that (one session timeout) instead of failing, and fail clearly after it.
@@ -230,7 +308,11 @@ class Broker:
             while True:
                 try:
                     await register_ephemeral(self.zk, path, reg.encode())
-                    self.log.info("broker_registered", host=host, port=port)
+                    stat = await self.zk.exists(path)
+                    self.broker_epoch = stat.czxid if stat is not None else -1
+                    self.log.info(
+                        "broker_registered", host=host, port=port, broker_epoch=self.broker_epoch
+                    )
                     return
                 except NodeExistsError:
                     gone = trio.Event()
@@ -252,9 +334,30 @@ class Broker:
             self.logs, self.config.broker_id, self._last_view, view, configs, self._strays
         )
         self._last_view = view
-        self.replicas.on_view(view)
+        leading = dict(self.replicas.leaders)
+        self.replicas.on_view(self._roles_view(view))
+        for key, state in leading.items():
+            if self.replicas.leaders.get(key) is not state:
+                self.purgatory.notify(key)  # acks=all waiters answer NOT_LEADER_OR_FOLLOWER
         if self.controller is not None:
             self.controller.view_changed()
+
+    def _roles_view(self, view: ClusterView) -> ClusterView:
+        """The view the replica manager takes roles from: while leaving, partitions this
+        broker does not lead are shown without it, so it follows (fetches) none of them."""
+        if not self.leaving:
+            return view
+        me = self.config.broker_id
+        topics = {}
+        for name, t in view.topics.items():
+            parts = {
+                p: info
+                if info.state is not None and info.state.leader == me
+                else dataclasses.replace(info, replicas=[r for r in info.replicas if r != me])
+                for p, info in t.partitions.items()
+            }
+            topics[name] = dataclasses.replace(t, partitions=parts)
+        return dataclasses.replace(view, topics=topics)
 
     # --- housekeeping -----------------------------------------------------------------
 
@@ -264,9 +367,37 @@ class Broker:
             await trio.sleep(interval)
             self.logs.tick(_now_ms())
 
+    async def log_cleaner(self) -> None:
+        """Kafka's log cleaner: compact the logs with ``cleanup.policy`` compact, below
+        each one's high watermark. Planning and the swap run on the loop; the two passes
+        over the segments (seconds for a big log) in a worker thread."""
+        cleaner = self.logs.cleaner
+        while True:
+            await trio.sleep(LOG_CLEANER_BACKOFF_MS / 1000)
+            self.logs.checkpoint_recovery_points()  # cleaning stops at the recovery point
+            for plog in self.logs.all_logs():
+                key = (plog.topic, plog.partition)
+                hw = self.replicas.high_watermark(key, plog)
+                try:
+                    plan = cleaner.plan(plog, _now_ms(), upper_bound=hw)
+                    if plan is None:
+                        continue
+                    built = await trio.to_thread.run_sync(cleaner.build, plan)
+                    stats = cleaner.install(built)
+                except (KafkaStorageError, CorruptRecordError, OSError) as exc:
+                    cleaner.uncleanable.add(key)  # left alone until restart, as Kafka
+                    self.log.error("log_cleaning_failed", topic=key[0], partition=key[1],
+                                   error=str(exc))  # fmt: skip
+                    continue
+                if stats is not None:
+                    self.log.info("log_cleaned", topic=key[0], partition=key[1],
+                                  dirty=[stats.first_dirty_offset, stats.end_offset])  # fmt: skip
+
     # --- connections ------------------------------------------------------------------
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: trio.SocketStream, listener: str = "") -> None:
+        # Metadata answers with the addresses of the listener the request came in on.
+        CURRENT_LISTENER.set(listener or self.config.listener_plan.inter_broker)
         conn_log = self.log.bind(conn_id=next(_conn_ids))
         conn = ServerConnection(self.config.socket_request_max_bytes)
         try:
@@ -329,6 +460,20 @@ class Broker:
             close_file_records(response)
 
 
+async def _bind(endpoints: tuple[Endpoint, ...]) -> dict[str, list[trio.SocketListener]]:
+    """Bind every listener (an empty host: every interface), or none of them."""
+    out: dict[str, list[trio.SocketListener]] = {}
+    try:
+        for e in endpoints:
+            out[e.name] = await trio.open_tcp_listeners(e.port, host=e.host or None)
+    except BaseException:
+        for socks in out.values():
+            for sock in socks:
+                sock.socket.close()
+        raise
+    return out
+
+
 async def serve(
     config: BrokerConfig,
     *,
@@ -343,21 +488,30 @@ async def serve(
     logs.startup()
     replicas: ReplicaManager | None = None
     try:
-        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-        bound_host, bound_port = listeners[0].socket.getsockname()[:2]
-        advertised = (
-            config.advertised_host or bound_host,
-            config.advertised_port or bound_port,
-        )
-        broker = Broker(config, logs, advertised)
+        plan = config.listener_plan
+        listeners = await _bind(plan.bind)
+        bound = {name: socks[0].socket.getsockname()[:2] for name, socks in listeners.items()}
+        bound_host, bound_port = bound[plan.inter_broker]
+        endpoints = plan.advertise(bound, socket.gethostname())
+        inter = plan.inter_broker_endpoint(endpoints)
+        broker = Broker(config, logs, (inter.host, inter.port), endpoints)
         replicas = broker.replicas
         stop = shutdown if shutdown is not None else trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.replicas.run)
             await nursery.start(broker.run_sessions, stop)
             nursery.start_soon(broker.housekeeping)
-            await nursery.start(trio.serve_listeners, broker.handle_connection, listeners)
-            log.info("broker_started", listen=f"{bound_host}:{bound_port}", data_dir=str(data_dir))
+            nursery.start_soon(broker.log_cleaner)
+            for name, socks in listeners.items():
+                handler = functools.partial(broker.handle_connection, listener=name)
+                await nursery.start(trio.serve_listeners, handler, socks)
+            log.info(
+                "broker_started",
+                listen=f"{bound_host}:{bound_port}",
+                listeners={name: f"{h}:{p}" for name, (h, p) in bound.items()},
+                advertised=[str(e) for e in endpoints],
+                data_dir=str(data_dir),
+            )
             task_status.started((bound_host, bound_port))
             # On stop the session loop closes its session cleanly (our registration vanishes
             # at once); only then are the connections and housekeeping cancelled.

@@ -9,6 +9,7 @@
 | ``/config/topics/<t>``                        | persistent | TopicConfigZnode   |
 | ``/controller``                               | ephemeral  | ControllerZnode    |
 | ``/controller_epoch``                         | persistent | the epoch, decimal |
+| ``/latest_producer_id_block``                 | persistent | ProducerIdBlock    |
 
 Payloads are JSON, as in Kafka, so ``minibroker zk get`` shows something a person can read.
 A payload that does not parse raises ``InvalidRequestError`` naming the path: corrupt
@@ -21,7 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from proto.errors import InvalidRequestError
+from broker.listeners import DEFAULT_LISTENER_NAME, Endpoint, parse_endpoint
+from proto.errors import InvalidConfigurationError, InvalidRequestError
 
 CLUSTER_ID = "/cluster/id"
 BROKER_IDS = "/brokers/ids"
@@ -30,6 +32,8 @@ CONFIG_TOPICS = "/config/topics"
 DELETE_TOPICS = "/admin/delete_topics"
 CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
+# The last block of producer ids a broker reserved (``broker/producer_ids.py``).
+LATEST_PRODUCER_ID_BLOCK = "/latest_producer_id_block"
 
 BASE_PATHS = (BROKER_IDS, TOPICS, CONFIG_TOPICS, DELETE_TOPICS, "/cluster")
 
@@ -74,11 +78,23 @@ def _dump(obj: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class BrokerRegistration:
+    """``host``/``port`` are the inter-broker listener's (what replica fetchers dial);
+    ``endpoints`` every advertised listener, a lone PLAINTEXT one at host:port if empty."""
+
     broker_id: int
     host: str
     port: int
     rack: str | None
     timestamp_ms: int
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            only = (Endpoint(DEFAULT_LISTENER_NAME, self.host, self.port),)
+            object.__setattr__(self, "endpoints", only)
+
+    def endpoint(self, listener: str) -> Endpoint | None:
+        return next((e for e in self.endpoints if e.name == listener), None)
 
     def encode(self) -> bytes:
         return _dump(
@@ -86,7 +102,8 @@ class BrokerRegistration:
                 "version": 5,
                 "host": self.host,
                 "port": self.port,
-                "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"],
+                "endpoints": [str(e) for e in self.endpoints],
+                "listener_security_protocol_map": {e.name: "PLAINTEXT" for e in self.endpoints},
                 "rack": self.rack,
                 "timestamp": str(self.timestamp_ms),
             }
@@ -97,14 +114,16 @@ class BrokerRegistration:
         path = broker_path(broker_id)
         obj = _load(path, data)
         try:
+            endpoints = tuple(parse_endpoint(str(e), "endpoints") for e in obj.get("endpoints", []))
             return cls(
                 broker_id,
                 str(obj["host"]),
                 int(obj["port"]),
                 obj.get("rack"),
                 int(obj["timestamp"]),
+                endpoints,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, InvalidConfigurationError) as exc:
             raise InvalidRequestError(f"znode {path}: bad broker registration: {exc}") from exc
 
 

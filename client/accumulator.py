@@ -3,25 +3,21 @@
 The hot path (``append``) runs in the application's thread under the producer's lock and
 costs one msgpack pack plus a small future object: every record of a batch shares one
 ``ProduceResult`` (Kafka's ProduceRequestResult), and the record's future only remembers
-its offset delta. The sender drains sealed or lingered batches per partition; a partition
-with a request in flight is *muted*, so retried batches go out again before any later
-one and order per partition is preserved. No I/O and no trio calls happen here.
+its offset delta (``client.futures``, re-exported here). The sender drains sealed or
+lingered batches per partition; a partition with a request in flight is *muted*, so
+retried batches go out again before any later one and order per partition is preserved.
+No I/O and no trio calls happen here.
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Sequence
 
-import trio
-
-from client.errors import TimeoutExpiredError
+from client.futures import FutureRecordMetadata, ProduceResult, RecordFutures
 from client.partitioner import StickyPartitioner
-from client.types import RecordMetadata, TopicPartition
+from client.types import TopicPartition
 from proto.batch import BatchBuilder
 
 __all__ = [
@@ -32,154 +28,6 @@ __all__ = [
     "RecordFutures",
 ]
 
-Callback = tuple[bool, Callable[..., Any], tuple[Any, ...], "FutureRecordMetadata"]
-
-
-class ProduceResult:
-    """The outcome of one batch, shared by the futures of all its records.
-
-    Completed exactly once, in the sender's (trio) thread. A blocking producer waits on a
-    ``threading.Event``, an async one on a ``trio.Event``; callbacks run in the sender.
-    """
-
-    __slots__ = (
-        "_async_event",
-        "_callbacks",
-        "_lock",
-        "_sync_event",
-        "base_offset",
-        "completed_at",
-        "done",
-        "error",
-        "log_append_time",
-        "tp",
-    )
-
-    def __init__(self, tp: TopicPartition, lock: threading.Lock, blocking: bool) -> None:
-        self.tp = tp
-        self.base_offset = -1
-        self.log_append_time = -1
-        self.error: BaseException | None = None
-        self.done = False
-        self.completed_at: float | None = None
-        self._lock = lock
-        self._callbacks: list[Callback] | None = []
-        self._sync_event = threading.Event() if blocking else None
-        self._async_event = None if blocking else trio.Event()
-
-    def complete(
-        self, base_offset: int, log_append_time: int = -1, error: BaseException | None = None
-    ) -> None:
-        self.base_offset = base_offset
-        self.log_append_time = log_append_time
-        self.error = error
-        self.completed_at = time.perf_counter()
-        with self._lock:
-            self.done = True
-            callbacks, self._callbacks = self._callbacks, None
-        if self._sync_event is not None:
-            self._sync_event.set()
-        if self._async_event is not None:
-            self._async_event.set()
-        for ok, fn, args, fut in callbacks or ():
-            fut._run_callback(ok, fn, args)
-
-    def add_callback(self, entry: Callback) -> bool:
-        """Register; False if already done (the caller runs it now)."""
-        with self._lock:
-            if self._callbacks is None:
-                return False
-            self._callbacks.append(entry)
-            return True
-
-    def wait_blocking(self, timeout: float | None) -> bool:
-        if self._sync_event is None:
-            raise TypeError("this future belongs to an async producer: await it")
-        return self._sync_event.wait(timeout)
-
-    async def wait(self) -> None:
-        if self._async_event is None:
-            raise TypeError("this future belongs to a blocking producer: use .get()")
-        await self._async_event.wait()
-
-
-class FutureRecordMetadata(tuple[ProduceResult, int, int]):
-    """The future ``send()`` returns: ``.get(timeout)`` (blocking) or ``await`` (async).
-
-    A 3-tuple (batch result, offset delta, timestamp) underneath, so that making one per
-    record costs a tuple allocation rather than a Python ``__init__`` call.
-    """
-
-    __slots__ = ()
-
-    @property
-    def is_done(self) -> bool:
-        return self[0].done
-
-    def succeeded(self) -> bool:
-        return self[0].done and self[0].error is None
-
-    def failed(self) -> bool:
-        return self[0].done and self[0].error is not None
-
-    @property
-    def completed_at(self) -> float | None:
-        """``time.perf_counter()`` when the batch was answered (latency measurement)."""
-        return self[0].completed_at
-
-    @property
-    def exception(self) -> BaseException | None:
-        return self[0].error if self[0].done else None
-
-    @property
-    def value(self) -> RecordMetadata | None:
-        return self._value() if self.succeeded() else None
-
-    def _value(self) -> RecordMetadata:
-        r, delta, timestamp = self
-        if r.error is not None:
-            raise r.error
-        offset = r.base_offset + delta if r.base_offset >= 0 else -1
-        ts = r.log_append_time if r.log_append_time >= 0 else timestamp
-        return RecordMetadata(r.tp.topic, r.tp.partition, offset, ts)
-
-    def get(self, timeout: float | None = None) -> RecordMetadata:
-        """Block until acknowledged (``timeout`` in seconds, like kafka-python)."""
-        r = self[0]
-        if not r.done and not r.wait_blocking(timeout):
-            raise TimeoutExpiredError(f"record not acknowledged within {timeout} s")
-        return self._value()
-
-    def __await__(self) -> Generator[Any, None, RecordMetadata]:
-        if not self[0].done:
-            yield from self[0].wait().__await__()
-        return self._value()
-
-    def add_callback(self, fn: Callable[..., Any], *args: Any) -> FutureRecordMetadata:
-        """``fn(*args, record_metadata)`` on success; runs in the sender thread."""
-        if not self[0].add_callback((True, fn, args, self)):
-            self._run_callback(True, fn, args)
-        return self
-
-    def add_errback(self, fn: Callable[..., Any], *args: Any) -> FutureRecordMetadata:
-        """``fn(*args, exception)`` on failure; runs in the sender thread."""
-        if not self[0].add_callback((False, fn, args, self)):
-            self._run_callback(False, fn, args)
-        return self
-
-    def _run_callback(self, ok: bool, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        err = self[0].error
-        if ok and err is None:
-            fn(*args, self._value())
-        elif not ok and err is not None:
-            fn(*args, err)
-
-    def __repr__(self) -> str:
-        r = self[0]
-        state = "pending" if not r.done else ("failed" if r.error else "done")
-        return f"<FutureRecordMetadata {r.tp.topic}-{r.tp.partition} +{self[1]} {state}>"
-
-
 _new_future = tuple.__new__
 
 # msgpack framing of one record besides its key and value: array header, offset and
@@ -187,80 +35,16 @@ _new_future = tuple.__new__
 RECORD_SIZE_ESTIMATE = 24
 
 
-class RecordFutures(Sequence[FutureRecordMetadata]):
-    """The futures of one ``send_many`` call, in order, made on demand.
-
-    Holds one entry per batch the records went into, so a million records cost a few
-    thousand objects until someone indexes or iterates.
-    """
-
-    __slots__ = ("_count", "_firsts", "_segments", "_starts")
-
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._segments: list[tuple[ProduceResult, int]] = []
-        self._firsts: list[int] = []
-        self._count = 0
-
-    def add(self, result: ProduceResult, first_delta: int, count: int, timestamp: int) -> None:
-        self._starts.append(self._count)
-        self._segments.append((result, timestamp))
-        self._firsts.append(first_delta)
-        self._count += count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def _at(self, i: int) -> FutureRecordMetadata:
-        seg = bisect.bisect_right(self._starts, i) - 1
-        result, timestamp = self._segments[seg]
-        delta = self._firsts[seg] + i - self._starts[seg]
-        return _new_future(FutureRecordMetadata, (result, delta, timestamp))
-
-    @overload
-    def __getitem__(self, index: int) -> FutureRecordMetadata: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[FutureRecordMetadata]: ...
-
-    def __getitem__(self, index: int | slice) -> FutureRecordMetadata | list[FutureRecordMetadata]:
-        if isinstance(index, slice):
-            return [self._at(i) for i in range(*index.indices(self._count))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("RecordFutures index out of range")
-        return self._at(index)
-
-    def __iter__(self) -> Iterator[FutureRecordMetadata]:
-        for (result, timestamp), first, start, end in zip(
-            self._segments,
-            self._firsts,
-            self._starts,
-            [*self._starts[1:], self._count],
-            strict=True,
-        ):
-            for delta in range(first, first + end - start):
-                yield _new_future(FutureRecordMetadata, (result, delta, timestamp))
-
-    def get(self, timeout: float | None = None) -> list[RecordMetadata]:
-        """Wait for every record (blocking producers) and return their metadata."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for result, _ts in self._segments:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not result.done and not result.wait_blocking(left):
-                raise TimeoutExpiredError(f"records not acknowledged within {timeout} s")
-        return [f.get() for f in self]
-
-    def __repr__(self) -> str:
-        return f"<RecordFutures {self._count} records in {len(self._segments)} batches>"
-
-
 class ProducerBatch:
-    __slots__ = ("attempts", "builder", "created", "payload", "result", "tp")
+    __slots__ = ("attempts", "builder", "created", "payload", "result", "seal_at", "tp")
 
     def __init__(
-        self, tp: TopicPartition, builder: BatchBuilder, result: ProduceResult, now: float
+        self,
+        tp: TopicPartition,
+        builder: BatchBuilder,
+        result: ProduceResult,
+        now: float,
+        seal_at: int,
     ):
         self.tp = tp
         self.builder = builder
@@ -268,6 +52,8 @@ class ProducerBatch:
         self.created = now
         self.attempts = 0
         self.payload: bytes | None = None
+        # The size at which the batch is full; also the buffer memory it holds.
+        self.seal_at = seal_at
 
     @property
     def record_count(self) -> int:
@@ -287,8 +73,15 @@ class RecordAccumulator:
         lock: threading.Lock,
         blocking: bool,
         clock: Callable[[], float],
+        max_grown_batch_size: int = 0,
+        backlog_batches: int = 0,
     ) -> None:
         self.batch_size = batch_size
+        # Idempotent producers send at most ``backlog_batches`` batches per partition per
+        # request: a full batch of a partition that already has that many queued grows
+        # (doubling, up to ``max_grown_batch_size``) instead of lengthening the queue.
+        self.max_grown_batch_size = max_grown_batch_size
+        self.backlog_batches = backlog_batches
         self.linger = linger_ms / 1000
         self.codec = codec
         self.buffer_memory = buffer_memory
@@ -338,8 +131,7 @@ class RecordAccumulator:
             FutureRecordMetadata,
             (batch.result, builder.append(value, None, (), timestamp), timestamp),
         )
-        if builder.size >= self.batch_size:
-            self._seal(batch)
+        if builder.size >= batch.seal_at and self._full(batch):
             self.wake_pending = True
         return fut
 
@@ -363,8 +155,7 @@ class RecordAccumulator:
             FutureRecordMetadata,
             (batch.result, builder.append(value, key, headers, timestamp), timestamp),
         )
-        if builder.size >= self.batch_size:
-            self._seal(batch)
+        if builder.size >= batch.seal_at and self._full(batch):
             wake = True
         return fut, wake
 
@@ -388,10 +179,9 @@ class RecordAccumulator:
         builder = batch.builder
         per_record = max_value_size + (len(key) if key else 0) + RECORD_SIZE_ESTIMATE
         left = len(values) - start
-        n = max(1, min(left, (self.batch_size - builder.size) // per_record))
+        n = max(1, min(left, (batch.seal_at - builder.size) // per_record))
         first = builder.append_values(values[start : start + n], timestamp, key)
-        if builder.size >= self.batch_size or n < left:
-            self._seal(batch)
+        if (builder.size >= batch.seal_at or n < left) and self._full(batch):
             wake = True
         return batch.result, first, n, wake
 
@@ -402,7 +192,7 @@ class RecordAccumulator:
         if batch is None:
             result = ProduceResult(tp, self.lock, self.blocking)
             batch = self.open[tp] = ProducerBatch(
-                tp, BatchBuilder(self.codec), result, self.clock()
+                tp, BatchBuilder(self.codec), result, self.clock(), self.batch_size
             )
             self.incomplete.add(result)
             self.buffered_bytes += self.batch_size
@@ -410,6 +200,29 @@ class RecordAccumulator:
         if sticky:
             self.sticky_open[tp.topic] = batch
         return batch, created
+
+    def _full(self, batch: ProducerBatch) -> bool:
+        """``batch`` reached its size: seal it (True: wake the sender), or let it grow
+        when its partition already has a whole request queued (see ``__init__``). A grown
+        batch stops being the sticky one, so keyless records move on as after a seal."""
+        tp = batch.tp
+        extra = batch.seal_at
+        q = self.queued.get(tp)
+        if (
+            self.max_grown_batch_size
+            and q is not None
+            and len(q) >= self.backlog_batches
+            and batch.seal_at + extra <= self.max_grown_batch_size
+            and self.buffered_bytes + extra <= self.buffer_memory
+        ):
+            batch.seal_at += extra
+            self.buffered_bytes += extra
+            if self.sticky_open.get(tp.topic) is batch:
+                del self.sticky_open[tp.topic]
+                self.sticky.batch_sealed(tp.topic, tp.partition)
+            return False
+        self._seal(batch)
+        return True
 
     def _seal(self, batch: ProducerBatch) -> None:
         tp = batch.tp
@@ -452,8 +265,14 @@ class RecordAccumulator:
                 by_node.setdefault(leader, []).append(tp)
         return by_node, delay, no_leader
 
-    def drain(self, tps: Sequence[TopicPartition], max_request_size: int) -> list[ProducerBatch]:
-        """Take whole batches for one request; each drained partition becomes muted."""
+    def drain(
+        self, tps: Sequence[TopicPartition], max_request_size: int, max_batches: int = 0
+    ) -> list[ProducerBatch]:
+        """Take whole batches for one request; each drained partition becomes muted.
+
+        ``max_batches`` (idempotent producers; 0 = no limit): at most that many batches per
+        partition, and a batch sent before goes alone, so that a retried request is either
+        all duplicates or all new at the broker."""
         out: list[ProducerBatch] = []
         size = 0
         for tp in tps:
@@ -461,13 +280,20 @@ class RecordAccumulator:
             if open_batch is not None:
                 self._seal(open_batch)
             q = self.queued.get(tp)
+            taken = 0
             while q:
-                estimate = q[0].builder.size
+                head = q[0]
+                estimate = head.builder.size
                 if out and size + estimate > max_request_size:
+                    break
+                if max_batches and (taken == max_batches or (taken and head.attempts)):
                     break
                 out.append(q.popleft())
                 size += estimate
+                taken += 1
                 self.muted.add(tp)
+                if max_batches and head.attempts:
+                    break
             if out and size >= max_request_size:
                 break
         return out
@@ -483,7 +309,7 @@ class RecordAccumulator:
     def finished(self, batch: ProducerBatch) -> None:
         """A batch completed (either way): free its memory."""
         self.incomplete.discard(batch.result)
-        self.buffered_bytes -= self.batch_size
+        self.buffered_bytes -= batch.seal_at
         self.muted.discard(batch.tp)
         self.retry_at.pop(batch.tp, None)
 

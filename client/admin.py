@@ -1,8 +1,10 @@
-"""The async admin client: create, delete, list and describe topics; describe the cluster.
+"""The async admin client: create, delete, list and describe topics; describe the cluster;
+elect preferred leaders.
 
-CreateTopics and DeleteTopics go to the controller (retried after a metadata refresh on
-NOT_CONTROLLER); the rest go to any broker. Per-topic errors are collected over all the
-topics of a call and the first one is raised, naming its topic.
+CreateTopics, DeleteTopics and ElectLeaders go to the controller (retried after a metadata
+refresh on NOT_CONTROLLER); the rest go to any broker. Per-topic errors are collected over
+all the topics of a call and the first one is raised, naming its topic. ElectLeaders
+answers per partition: ``elect_leaders`` returns those answers instead of raising.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import trio
 
 from client.cluster import Cluster, ConnectionConfig, parse_bootstrap
-from client.errors import IllegalStateError, NotControllerError, for_code
+from client.errors import BrokerResponseError, IllegalStateError, NotControllerError, for_code
 from client.lifecycle import BackgroundTasks
 from client.types import (
     BrokerDescription,
@@ -20,8 +22,10 @@ from client.types import (
     NewTopic,
     PartitionDescription,
     TopicDescription,
+    TopicPartition,
 )
 from proto.messages import (
+    PREFERRED_ELECTION,
     CreatableTopic,
     CreateTopicsRequest,
     CreateTopicsResponse,
@@ -29,6 +33,9 @@ from proto.messages import (
     DeleteTopicsResponse,
     DescribeConfigsRequest,
     DescribeConfigsResponse,
+    ElectLeadersRequest,
+    ElectLeadersResponse,
+    ElectLeadersTopic,
     Request,
     Response,
 )
@@ -115,7 +122,10 @@ class AsyncAdmin:
             else:
                 response = await cluster.request_any(request)
             results = getattr(response, "topics", [])
-            if not any(r.error_code == NotControllerError.code for r in results):
+            top_level = getattr(response, "error_code", 0)
+            if top_level != NotControllerError.code and not any(
+                r.error_code == NotControllerError.code for r in results
+            ):
                 return response
             if attempt + 1 < _CONTROLLER_ATTEMPTS:
                 await trio.sleep(self.config.retry_backoff_ms / 1000)
@@ -190,3 +200,35 @@ class AsyncAdmin:
         if overrides_only:
             return {r.name: {k: r.configs[k] for k in r.overrides} for r in response.results}
         return {r.name: dict(r.configs) for r in response.results}
+
+    async def elect_leaders(
+        self,
+        election_type: int = PREFERRED_ELECTION,
+        partitions: Sequence[TopicPartition] | None = None,
+        timeout_ms: int = 30_000,
+    ) -> dict[TopicPartition, BrokerResponseError | None]:
+        """Kafka's ``Admin.electLeaders``: move leadership to each partition's preferred
+        replica (the first in its assignment). ``partitions`` None: every partition.
+
+        Per partition: None when elected, else the error: ElectionNotNeededError (it
+        already leads), PreferredLeaderNotAvailableError (not live or not in the ISR),
+        UnknownTopicOrPartitionError. A request-level error (NOT_CONTROLLER after the
+        retries, INVALID_REQUEST) is raised.
+        """
+        topics: list[ElectLeadersTopic] | None = None
+        if partitions is not None:
+            by_topic: dict[str, list[int]] = {}
+            for tp in partitions:
+                by_topic.setdefault(tp.topic, []).append(tp.partition)
+            topics = [ElectLeadersTopic(t, sorted(set(ps))) for t, ps in sorted(by_topic.items())]
+        response = await self._to_controller(ElectLeadersRequest(election_type, topics, timeout_ms))
+        assert isinstance(response, ElectLeadersResponse)
+        if response.error_code:
+            raise for_code(response.error_code)(response.error_message or "elect leaders failed")
+        return {
+            TopicPartition(r.topic, p.partition): (
+                None if p.error_code == 0 else for_code(p.error_code)(p.error_message)
+            )
+            for r in response.results
+            for p in r.partitions
+        }

@@ -1,4 +1,5 @@
-"""CLI tools built on the client: topics, produce, consume and perf (Kafka's tool flags).
+"""CLI tools built on the client: topics, leaders, produce, consume and perf (Kafka's tool
+flags and output formats).
 
 Every command takes ``--bootstrap-server`` (default ``$MINIBROKER_BOOTSTRAP``, else
 127.0.0.1:9092). A failure a user can cause prints one line and exits non-zero
@@ -19,9 +20,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from client import Admin, Consumer, NewTopic, Producer, TopicPartition
+from client import Consumer, Producer, TopicPartition
+from client.admin_cli import run_leaders, run_topics
 from proto.errors import InvalidConfigurationError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -31,64 +32,15 @@ def _bootstrap(args: argparse.Namespace) -> str:
     return str(args.bootstrap_server or os.environ.get("MINIBROKER_BOOTSTRAP") or DEFAULT_BOOTSTRAP)
 
 
-def _configs(pairs: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise InvalidConfigurationError(f"--config expects name=value, got {pair!r}")
-        out[name] = value
-    return out
-
-
-# --- topics -----------------------------------------------------------------------------
+# --- topics and leaders (client.admin_cli) ----------------------------------------------
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    with Admin(bootstrap_servers=_bootstrap(args)) as admin:
-        if args.action == "create":
-            admin.create_topics(
-                [
-                    NewTopic(
-                        args.name,
-                        args.partitions,
-                        args.replication_factor,
-                        topic_configs=_configs(args.config),
-                    )
-                ]
-            )
-            print(f"Created topic {args.name}.")
-        elif args.action == "list":
-            for name in sorted(admin.list_topics()):
-                print(name)
-        elif args.action == "delete":
-            admin.delete_topics([args.name])
-            print(f"Deleted topic {args.name}.")
-        else:
-            names = [args.name] if args.name else None
-            descriptions = admin.describe_topics(names)
-            names = [d.name for d in descriptions]
-            configs = admin.describe_configs(names, overrides_only=True) if names else {}
-            console = Console()
-            for d in descriptions:
-                overrides = ",".join(f"{k}={v}" for k, v in sorted(configs.get(d.name, {}).items()))
-                console.print(
-                    f"Topic: {d.name}\tPartitionCount: {len(d.partitions)}\t"
-                    f"ReplicationFactor: {len(d.partitions[0].replicas) if d.partitions else 0}",
-                    highlight=False,
-                )
-                table = Table("Partition", "Leader", "Replicas", "Isr", box=None)
-                for p in d.partitions:
-                    table.add_row(
-                        str(p.partition),
-                        str(p.leader),
-                        ",".join(map(str, p.replicas)),
-                        ",".join(map(str, p.isr)),
-                    )
-                console.print(table)
-                if overrides:
-                    console.print(f"Configs: {overrides}", highlight=False)
-    return 0
+    return run_topics(args, _bootstrap(args))
+
+
+def cmd_leaders(args: argparse.Namespace) -> int:
+    return run_leaders(args, _bootstrap(args))
 
 
 # --- produce / consume ----------------------------------------------------------------
@@ -402,11 +354,37 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     listing = tsub.add_parser("list", help="list topic names")
     describe = tsub.add_parser("describe", help="partitions, leaders, replicas, ISR")
     describe.add_argument("name", nargs="?")
+    describe.add_argument(
+        "--under-replicated",
+        "--under-replicated-partitions",
+        action="store_true",
+        help="only partitions whose ISR is smaller than their replica set",
+    )
+    describe.add_argument(
+        "--unavailable",
+        "--unavailable-partitions",
+        action="store_true",
+        help="only partitions without a live leader",
+    )
     delete = tsub.add_parser("delete", help="delete a topic")
     delete.add_argument("name")
     for p in (create, listing, describe, delete):
         _add_bootstrap(p)
         p.set_defaults(func=cmd_topics)
+
+    leaders = sub.add_parser("leaders", help="leader elections (kafka-leader-election)")
+    lsub = leaders.add_subparsers(dest="leaders_action", required=True, metavar="ACTION")
+    elect = lsub.add_parser("elect", help="move leadership to the preferred replicas")
+    elect.add_argument(
+        "--preferred",
+        action="store_true",
+        required=True,
+        help="preferred-leader election: the first replica of each assignment leads",
+    )
+    elect.add_argument("--topic", default=None, help="default: every partition of every topic")
+    elect.add_argument("--partition", type=int, default=None, help="needs --topic")
+    _add_bootstrap(elect)
+    elect.set_defaults(func=cmd_leaders)
 
     produce = sub.add_parser("produce", help="send stdin lines as records")
     produce.add_argument("topic")

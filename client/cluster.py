@@ -22,6 +22,7 @@ from client.errors import (
     ConfigurationError,
     ConnectionFailedError,
     NoBrokersAvailableError,
+    RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
 from client.logs import get_logger
@@ -226,8 +227,8 @@ class Cluster:
             try:
                 conn = await self._connect(addr)
                 return await conn.request(request)
-            except ConnectionFailedError as exc:
-                last = exc
+            except (ConnectionFailedError, RequestTimedOutError) as exc:
+                last = exc  # dead or frozen: the next one
         tried = ",".join(f"{h}:{p}" for h, p in self._candidates())
         raise NoBrokersAvailableError(f"no broker answered at {tried}") from last
 

@@ -27,6 +27,38 @@ Deserializer = Callable[[Any], Any]
 # request, so requests grow with load whatever the batch size.
 DEFAULT_BATCH_SIZE = 16384
 RECORD_OVERHEAD = 32  # msgpack framing of one record, roughly
+DEFAULT_RETRIES = 5
+# Kafka's retries default (Integer.MAX_VALUE): an idempotent producer's retries cannot
+# duplicate, so they go on until delivery_timeout_ms.
+IDEMPOTENT_RETRIES = 2**31 - 1
+MAX_IN_FLIGHT_IDEMPOTENT = 5  # the broker remembers the last 5 batches per producer
+
+
+def _idempotence(enabled: bool | None, acks: int, retries: int | None, max_in_flight: int) -> bool:
+    """Kafka 3.2+'s rule: idempotence is on by default, unless a setting conflicts with it
+    (then it is silently off); asking for it explicitly with a conflict is an error. Here
+    the default is on only with acks=all, so acks=1 keeps its non-idempotent fast path."""
+    conflicts = []
+    if acks != -1:
+        conflicts.append(f"acks must be 'all' (not {acks})")
+    if retries is not None and (type(retries) is not int or retries <= 0):
+        conflicts.append(f"retries must be positive (not {retries!r})")
+    if type(max_in_flight) is int and max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT:
+        conflicts.append(
+            f"max_in_flight_requests_per_connection must be at most "
+            f"{MAX_IN_FLIGHT_IDEMPOTENT} (not {max_in_flight})"
+        )
+    if enabled is None:
+        return not conflicts
+    if type(enabled) is not bool:
+        raise ConfigurationError(f"enable_idempotence must be True, False or None, not {enabled!r}")
+    if enabled and conflicts:
+        raise ConfigurationError(
+            "enable_idempotence=True needs "
+            + "; ".join(conflicts)
+            + ": otherwise a retry could write a record twice or out of order"
+        )
+    return enabled
 
 
 def _check_positive_ints(values: dict[str, Any]) -> None:
@@ -74,6 +106,7 @@ class ProducerConfig:
     codec: int = CODEC_NONE
     retries: int = 5
     max_in_flight_requests_per_connection: int = 5
+    enable_idempotence: bool = False
     buffer_memory: int = 32 * 1024 * 1024
     max_request_size: int = 1024 * 1024
     max_block_ms: float = 60_000
@@ -91,7 +124,7 @@ class ProducerConfig:
         linger_ms: float = 5,
         batch_size: int = DEFAULT_BATCH_SIZE,
         compression_type: str | None = None,
-        retries: int = 5,
+        retries: int | None = None,
         retry_backoff_ms: int = 100,
         request_timeout_ms: int = 30_000,
         max_in_flight_requests_per_connection: int = 5,
@@ -102,6 +135,7 @@ class ProducerConfig:
         metadata_max_age_ms: int = 300_000,
         key_serializer: Serializer | None = None,
         value_serializer: Serializer | None = None,
+        enable_idempotence: bool | None = None,
     ) -> ProducerConfig:
         if acks in ("all", -1, "-1"):
             acks_n = -1
@@ -121,6 +155,11 @@ class ProducerConfig:
             "max_request_size": max_request_size,
         }
         _check_positive_ints(positive)
+        idempotent = _idempotence(
+            enable_idempotence, acks_n, retries, max_in_flight_requests_per_connection
+        )
+        if retries is None:
+            retries = IDEMPOTENT_RETRIES if idempotent else DEFAULT_RETRIES
         _check_non_negative(
             {
                 "linger_ms": linger_ms,
@@ -143,6 +182,7 @@ class ProducerConfig:
             codec=codecs[compression_type],
             retries=retries,
             max_in_flight_requests_per_connection=max_in_flight_requests_per_connection,
+            enable_idempotence=idempotent,
             buffer_memory=buffer_memory,
             max_request_size=max_request_size,
             max_block_ms=max_block_ms,

@@ -103,10 +103,15 @@ class BrokerConnection:
         if not pending.done.is_set():
             if self._pending.pop(pending.cid, None) is not None:
                 self._proto.forget(pending.cid)
-            raise RequestTimedOutError(
+            exc = RequestTimedOutError(
                 f"{type(request).__name__} to {self.host}:{self.port} got no response "
                 f"within {timeout} ms"
             )
+            # As Kafka's NetworkClient: a request timeout disconnects the node (a frozen
+            # broker accepts connections and never answers); the next request reconnects.
+            self._fail(exc, "request timed out")
+            await self._close_stream()
+            raise exc
         if pending.error is not None:
             raise pending.error
         assert pending.response is not None

@@ -22,7 +22,7 @@ import trio
 from client.accumulator import FutureRecordMetadata, RecordFutures
 from client.admin import AsyncAdmin
 from client.consumer import AsyncConsumer
-from client.errors import IllegalStateError, TimeoutExpiredError
+from client.errors import BrokerResponseError, IllegalStateError, TimeoutExpiredError
 from client.logs import get_logger
 from client.producer import AsyncProducer
 from client.types import (
@@ -33,6 +33,7 @@ from client.types import (
     TopicDescription,
     TopicPartition,
 )
+from proto.messages import PREFERRED_ELECTION
 
 __all__ = ["Admin", "Consumer", "Producer"]
 
@@ -422,6 +423,14 @@ class Admin:
 
     def describe_cluster(self) -> ClusterDescription:
         return self._loop.run(self._aa.describe_cluster)
+
+    def elect_leaders(
+        self,
+        election_type: int = PREFERRED_ELECTION,
+        partitions: Sequence[TopicPartition] | None = None,
+        timeout_ms: int = 30_000,
+    ) -> dict[TopicPartition, BrokerResponseError | None]:
+        return self._loop.run(self._aa.elect_leaders, election_type, partitions, timeout_ms)
 
     def describe_configs(
         self, topics: Sequence[str], *, overrides_only: bool = False

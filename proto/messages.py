@@ -30,11 +30,14 @@ class ApiKey(enum.IntEnum):
     FETCH = 1
     LIST_OFFSETS = 2
     METADATA = 3
+    CONTROLLED_SHUTDOWN = 7
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
+    INIT_PRODUCER_ID = 22
     OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
+    ELECT_LEADERS = 43
 
 
 class Request:
@@ -399,6 +402,105 @@ class OffsetForLeaderEpochRequest(Request):
     replica_id: int = CONSUMER_REPLICA_ID
 
 
+# --- ControlledShutdown / ElectLeaders (the controller's requests) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartitionRef:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class ControlledShutdownResponse(Response):
+    """``remaining_partitions``: replicated partitions the broker still leads (it retries)."""
+
+    error_code: int
+    remaining_partitions: list[TopicPartitionRef]
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlledShutdownRequest(Request):
+    """A broker about to stop asks the controller to move its leaderships away.
+    ``broker_epoch`` is the czxid of its ``/brokers/ids/<id>`` registration (-1: unchecked)."""
+
+    API_KEY = ApiKey.CONTROLLED_SHUTDOWN
+    RESPONSE = ControlledShutdownResponse
+    broker_id: int
+    broker_epoch: int = -1
+
+
+PREFERRED_ELECTION = 0  # Kafka's ElectionType.PREFERRED
+UNCLEAN_ELECTION = 1  # Kafka's ElectionType.UNCLEAN (not served: INVALID_REQUEST)
+
+
+@dataclass(frozen=True, slots=True)
+class ElectLeadersTopic:
+    topic: str
+    partitions: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionElectionResult:
+    partition: int
+    error_code: int  # 0, ELECTION_NOT_NEEDED, PREFERRED_LEADER_NOT_AVAILABLE, ...
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaElectionResult:
+    topic: str
+    partitions: list[PartitionElectionResult]
+
+
+@dataclass(frozen=True, slots=True)
+class ElectLeadersResponse(Response):
+    """A non-zero top-level ``error_code`` (NOT_CONTROLLER, INVALID_REQUEST) applies to
+    the whole request and leaves ``results`` empty."""
+
+    error_code: int
+    results: list[ReplicaElectionResult]
+    throttle_time_ms: int = 0
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ElectLeadersRequest(Request):
+    """Elect leaders of ``topic_partitions`` (None: every partition); the controller answers."""
+
+    API_KEY = ApiKey.ELECT_LEADERS
+    RESPONSE = ElectLeadersResponse
+    election_type: int = PREFERRED_ELECTION
+    topic_partitions: list[ElectLeadersTopic] | None = None
+    timeout_ms: int = 30_000
+
+
+# --- InitProducerId ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InitProducerIdResponse(Response):
+    error_code: int
+    producer_id: int  # -1 with an error
+    producer_epoch: int
+    throttle_time_ms: int = 0
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitProducerIdRequest(Request):
+    """An idempotent producer asks any broker for a producer id and epoch (Kafka api 22).
+    Without a transactional id every call gets a new id with epoch 0, as in Kafka."""
+
+    API_KEY = ApiKey.INIT_PRODUCER_ID
+    RESPONSE = InitProducerIdResponse
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = 60_000
+    producer_id: int = -1
+    producer_epoch: int = -1
+
+
 # --- registry and frame bodies ----------------------------------------------------------
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -413,6 +515,9 @@ REQUEST_TYPES: dict[int, type[Request]] = {
         DeleteTopicsRequest,
         OffsetForLeaderEpochRequest,
         DescribeConfigsRequest,
+        InitProducerIdRequest,
+        ControlledShutdownRequest,
+        ElectLeadersRequest,
     )
 }
 

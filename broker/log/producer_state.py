@@ -135,6 +135,9 @@ def _check(
             f"base sequence {base_sequence}, {record_count} records"
         )
     if entry is None:
+        # Kafka 2.5+ (KIP-360, ProducerAppendInfo.checkSequence): with no state for the
+        # producer (new, or its batches left the log) any sequence is accepted; the
+        # UNKNOWN_PRODUCER_ID (59) answer of Kafka 0.11-2.4 is gone from the broker.
         return ACCEPT
     last_seq = increment_sequence(base_sequence, record_count - 1)
     dup = entry.find_duplicate(producer_epoch, base_sequence, last_seq)

@@ -18,6 +18,13 @@ Rules (Kafka's ZooKeeper-mode controller):
   epoch and loses them from the ISR.
 - preferred-leader election moves leadership back to the first replica when it is live and
   in the ISR (epoch bumped, ISR unchanged).
+- controlled shutdown (Kafka's ControlledShutdownPartitionLeaderElection): a partition led
+  by a broker that is shutting down gets the first replica that is live, in the ISR and
+  not shutting down; the new ISR drops every shutting-down broker. Partitions it follows
+  lose it from their ISR (never down to an empty ISR). With no other ISR member the
+  leader stays (RF 1, or an ISR of one): the broker is told which partitions remain.
+- brokers shutting down are never chosen as leaders by any rule, though they still count
+  as live leaders (their partitions are not offline until they are gone).
 
 Nothing here does I/O or reads a clock.
 """
@@ -56,6 +63,7 @@ class ChangeReason(enum.Enum):
     PARTITION_OFFLINE = "partition_offline"  # the leader died and nobody can replace it
     ISR_SHRUNK = "isr_shrunk"  # dead followers leave the ISR; leader and epoch unchanged
     PREFERRED_LEADER = "preferred_leader"  # leadership back to the first replica
+    CONTROLLED_SHUTDOWN = "controlled_shutdown"  # moved away from a broker shutting down
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +110,14 @@ def on_brokers_changed(
     unclean: Callable[[str], bool],
     *,
     versions: Versions,
+    shutting_down: Collection[int] = (),
 ) -> list[StateChange]:
     """The state changes the current set of live brokers calls for (after deaths and
     returns alike): elections for partitions without a live leader, ISR shrinks for
-    partitions whose ISR lists dead brokers. Partitions with no state znode are skipped."""
+    partitions whose ISR lists dead brokers. Partitions with no state znode are skipped.
+    ``shutting_down`` brokers are live but never elected."""
     changes: list[StateChange] = []
+    candidates = [b for b in live if b not in shutting_down] if shutting_down else live
     for p in partitions:
         st = p.state
         if st is None:
@@ -117,7 +128,7 @@ def on_brokers_changed(
                 new = PartitionState(st.leader, st.leader_epoch, live_isr, controller_epoch)
                 changes.append(_change(p, new, versions, ChangeReason.ISR_SHRUNK))
             continue
-        leader = elect_leader(p.replicas, st.isr, live, unclean=unclean(p.topic))
+        leader = elect_leader(p.replicas, st.isr, candidates, unclean=unclean(p.topic))
         if leader is not None:
             isr = live_isr if leader in st.isr else [leader]
             new = PartitionState(leader, st.leader_epoch + 1, isr, controller_epoch)
@@ -129,6 +140,35 @@ def on_brokers_changed(
             new = PartitionState(NO_LEADER, st.leader_epoch + 1, keep, controller_epoch)
             changes.append(_change(p, new, versions, ChangeReason.PARTITION_OFFLINE))
     return changes
+
+
+class PreferredOutcome(enum.Enum):
+    """What a preferred-leader election does to one partition (ElectLeaders' answer)."""
+
+    ELECTED = "elected"  # leadership moves to the preferred replica
+    NOT_NEEDED = "not_needed"  # it already leads (Kafka's ELECTION_NOT_NEEDED)
+    NOT_AVAILABLE = "not_available"  # not live or not in the ISR (PREFERRED_LEADER_NOT_AVAILABLE)
+
+
+def preferred_leader_election(
+    p: PartitionLike,
+    live: Collection[int],
+    *,
+    controller_epoch: int,
+    versions: Versions,
+) -> tuple[PreferredOutcome, StateChange | None]:
+    """Kafka's PreferredReplicaPartitionLeaderElection for one partition: the first
+    replica leads if it is live and in the ISR. ``live`` excludes brokers shutting down."""
+    st = p.state
+    if st is None or not p.replicas:
+        return PreferredOutcome.NOT_AVAILABLE, None
+    preferred = p.replicas[0]
+    if st.leader == preferred:
+        return PreferredOutcome.NOT_NEEDED, None
+    if preferred not in live or preferred not in st.isr:
+        return PreferredOutcome.NOT_AVAILABLE, None
+    new = PartitionState(preferred, st.leader_epoch + 1, list(st.isr), controller_epoch)
+    return PreferredOutcome.ELECTED, _change(p, new, versions, ChangeReason.PREFERRED_LEADER)
 
 
 def preferred_leader_elections(
@@ -144,16 +184,75 @@ def preferred_leader_elections(
     (the brokers ``imbalanced_brokers`` names)."""
     changes: list[StateChange] = []
     for p in partitions:
-        st = p.state
-        if st is None or not p.replicas:
+        if brokers is not None and (not p.replicas or p.replicas[0] not in brokers):
             continue
-        preferred = p.replicas[0]
-        if brokers is not None and preferred not in brokers:
-            continue
-        if st.leader != preferred and preferred in live and preferred in st.isr:
-            new = PartitionState(preferred, st.leader_epoch + 1, list(st.isr), controller_epoch)
-            changes.append(_change(p, new, versions, ChangeReason.PREFERRED_LEADER))
+        _outcome, change = preferred_leader_election(
+            p, live, controller_epoch=controller_epoch, versions=versions
+        )
+        if change is not None:
+            changes.append(change)
     return changes
+
+
+@dataclass(frozen=True, slots=True)
+class ControlledShutdownPlan:
+    """The writes one ControlledShutdown request calls for, and what stays with the broker."""
+
+    changes: list[StateChange]
+    remaining: list[tuple[str, int]]  # replicated partitions it will still lead
+
+
+def controlled_shutdown_leader(
+    replicas: Sequence[int],
+    isr: Collection[int],
+    live: Collection[int],
+    shutting_down: Collection[int],
+) -> int | None:
+    """Kafka's ControlledShutdownPartitionLeaderElection: the first replica, in replica
+    order, that is live, in the ISR and not shutting down."""
+    for r in replicas:
+        if r in live and r in isr and r not in shutting_down:
+            return r
+    return None
+
+
+def controlled_shutdown(
+    partitions: Iterable[PartitionLike],
+    broker_id: int,
+    live: Collection[int],
+    shutting_down: Collection[int],
+    *,
+    controller_epoch: int,
+    versions: Versions,
+) -> ControlledShutdownPlan:
+    """Move leadership away from ``broker_id`` (which is in ``shutting_down``) and drop it
+    from the ISRs it is in.
+
+    ``remaining`` lists the replicated partitions it still leads where another replica is
+    live and not shutting down (a lagging follower may rejoin the ISR while the broker
+    waits to retry). Where no other replica could ever take over now, retrying cannot
+    help, so the partition is not reported (Kafka reports every replicated partition,
+    which makes the last broker of a cluster retry for nothing).
+    """
+    changes: list[StateChange] = []
+    remaining: list[tuple[str, int]] = []
+    for p in partitions:
+        st = p.state
+        if st is None or broker_id not in p.replicas or len(p.replicas) < 2:
+            continue
+        if st.leader == broker_id:
+            leader = controlled_shutdown_leader(p.replicas, st.isr, live, shutting_down)
+            if leader is not None:
+                isr = [b for b in st.isr if b not in shutting_down]
+                new = PartitionState(leader, st.leader_epoch + 1, isr, controller_epoch)
+                changes.append(_change(p, new, versions, ChangeReason.CONTROLLED_SHUTDOWN))
+            elif any(r in live and r not in shutting_down for r in p.replicas):
+                remaining.append((p.topic, p.partition))
+        elif st.leader != NO_LEADER and broker_id in st.isr and len(st.isr) > 1:
+            isr = [b for b in st.isr if b != broker_id]
+            new = PartitionState(st.leader, st.leader_epoch, isr, controller_epoch)
+            changes.append(_change(p, new, versions, ChangeReason.ISR_SHRUNK))
+    return ControlledShutdownPlan(changes, remaining)
 
 
 def imbalance_ratio(partitions: Iterable[PartitionLike]) -> dict[int, float]:

@@ -78,7 +78,7 @@ async def test_exactly_one_controller_and_failover(
 async def test_leader_death_elects_an_isr_member_and_the_dead_returns_as_follower(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, zk):
+    async with cluster3(tmp_path, {"controlled.shutdown.enable": "false"}) as (cluster, zk):
         old, replicas = await create_topic(
             await cluster.wire(1), configs={"min.insync.replicas": "2"}
         )

@@ -246,7 +246,7 @@ async def test_followers_logs_equal_the_leaders(tmp_path: Path) -> None:
 async def test_consumers_never_read_above_the_high_watermark(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    async with cluster3(tmp_path) as (cluster, _zk):
+    async with cluster3(tmp_path, controllers=False) as (cluster, _zk):
         leader, replicas = await create_topic(await cluster.wire(1))
         wire = await cluster.wire(leader)
         assert produced(await wire.call(produce(batch(b"committed"), acks=-1))).error_code == 0

@@ -2,10 +2,11 @@
 
 ``FakeCluster`` holds topics and partition logs shared by N ``serve_broker`` tasks (one
 listener per node id), answers Metadata, Produce, Fetch (long-polling), ListOffsets,
-CreateTopics, DeleteTopics and DescribeConfigs like the real broker will, and lets a test
-inject faults: per-partition error codes, request-level errors, dropped connections and
-requests that never get an answer. Requests on one connection are handled in order, one
-at a time, as Kafka's socket server does.
+CreateTopics, DeleteTopics, DescribeConfigs and InitProducerId (no sequence checks) like
+the real broker will, and lets a test inject faults: per-partition error codes,
+request-level errors, dropped connections and requests that never get an answer.
+Requests on one connection are handled in order, one at a time, as Kafka's socket server
+does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from proto.messages import (
     FetchRequest,
     FetchResponse,
     FetchTopicResponse,
+    InitProducerIdRequest,
+    InitProducerIdResponse,
     ListOffsetsPartitionResponse,
     ListOffsetsRequest,
     ListOffsetsResponse,
@@ -106,11 +109,13 @@ class FakeCluster:
         self.topics: dict[str, list[PartitionLog]] = {}
         self.configs: dict[str, dict[str, str]] = {}
         self.controller_id = 0
+        self.next_producer_id = 0
         # Fault injection: consumed one per matching request.
         self.partition_errors: dict[tuple[ApiKey, str, int], list[int]] = {}
         self.request_errors: dict[ApiKey, list[int]] = {}
         self.drop: dict[ApiKey, int] = {}  # close the connection on the next N of these
         self.hang: set[ApiKey] = set()  # never answer these
+        self.frozen: set[int] = set()  # these brokers accept connections, never answer
         self.log: list[tuple[int, ApiKey, Request]] = []  # (node_id, api, request)
         self.received = trio.Event()
 
@@ -179,7 +184,7 @@ class FakeCluster:
                     if self.drop.get(api, 0) > 0:
                         self.drop[api] -= 1
                         return
-                    if api in self.hang:
+                    if api in self.hang or node_id in self.frozen:
                         continue
                     errors = self.request_errors.get(api)
                     if errors:
@@ -205,6 +210,9 @@ class FakeCluster:
             return self._list_offsets(node_id, req)
         if isinstance(req, CreateTopicsRequest):
             return self._create(req)
+        if isinstance(req, InitProducerIdRequest):
+            self.next_producer_id += 1
+            return InitProducerIdResponse(0, self.next_producer_id - 1, 0)
         if isinstance(req, DeleteTopicsRequest):
             results = []
             for name in req.topic_names:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
+from client.admin import AsyncAdmin
 from client.conn import BrokerConnection
 from client.errors import ConnectionFailedError, RequestTimedOutError, UnsupportedVersionError
 from proto.messages import ApiKey, MetadataRequest, MetadataResponse
@@ -99,10 +101,29 @@ async def test_timeout(autojump_clock: trio.testing.MockClock) -> None:
             await conn.request(MetadataRequest([]))
         assert trio.current_time() - start == pytest.approx(2.0, abs=0.01)
         assert conn.in_flight == 0
-        # a late answer would be dropped; the connection stays usable
+        # As Kafka's client: a timeout disconnects (the broker may be frozen); the owner
+        # reconnects for the next request.
+        assert not conn.connected
+        with pytest.raises(ConnectionFailedError):
+            await conn.request(MetadataRequest([]))
         cluster.hang.clear()
+        conn = BrokerConnection(*cluster.addresses[0], request_timeout_ms=2000)
+        await conn.connect(n)
         assert isinstance(await conn.request(MetadataRequest([])), MetadataResponse)
         await conn.aclose()
+
+
+async def test_a_frozen_bootstrap_broker_is_passed_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_cluster(brokers=2, topics={"t": 1}) as cluster:
+        cluster.frozen.add(0)  # accepts connections, never answers
+        bootstrap = ",".join(f"{h}:{p}" for h, p in (cluster.addresses[0], cluster.addresses[1]))
+        start = trio.current_time()
+        async with AsyncAdmin(bootstrap, request_timeout_ms=2000) as admin:
+            assert [t.name for t in await admin.describe_topics(["t"])] == ["t"]
+        # One request timeout on the frozen broker, then the next one answered.
+        assert trio.current_time() - start == pytest.approx(2.0, abs=0.1)
 
 
 async def test_connect_refused() -> None:
