@@ -163,7 +163,10 @@ class RequestHandler:
         plog = self._leader_log(view, topic, partition)
         state = self.replicas.leaders.get((topic, partition))
         if state is None:
-            self.replicas.on_view(self.cache.view)  # a log opened just now
+            # A log opened just now. The replica manager's own view: the cache's may belong
+            # to a coordinator session that has since expired (a long poll that outlived it),
+            # and re-applying it would reinstate a deposed leader.
+            self.replicas.on_view(self.replicas.view)
             state = self.replicas.leaders.get((topic, partition))
         if state is None:
             raise NotLeaderForPartitionError(

@@ -23,6 +23,7 @@ from proto.errors import (
     ConnectionLossError,
     NoNodeError,
     OperationTimeoutError,
+    SessionExpiredError,
     SessionMovedError,
 )
 
@@ -183,6 +184,11 @@ class MetadataCache:
             try:
                 await self.refresh_now()
                 delay = 0.05
+            except SessionExpiredError:
+                # The session is gone: the broker replaces it with a new one and a new cache
+                # loop; this one ends quietly.
+                log.info("metadata_session_expired")
+                return
             except (ConnectionLossError, OperationTimeoutError, SessionMovedError) as exc:
                 # The session is moving to another coordinator member: try again shortly
                 # (the client queues requests until it reconnects).

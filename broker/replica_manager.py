@@ -371,13 +371,15 @@ class ReplicaManager:
         state = zl.PartitionState.decode(path, data)
         if self.leaders.get(key) is not leader or stat.version <= self._versions.get(key, -1):
             return False
-        self._versions[key] = stat.version
         isr = [r for r in state.isr if r in leader.replicas]
         if (
             state.leader == self.broker_id
             and state.leader_epoch == leader.leader_epoch
             and self.broker_id in isr
         ):
+            self._versions[key] = stat.version
             return leader.isr_observed(isr)
+        # Deposed: keep the old version, so no later ISR write of ours can win the CAS
+        # against the new leader's state (the epoch must never go backwards).
         log.info("deposed_as_leader", topic=key[0], partition=key[1], leader=state.leader)
         return False

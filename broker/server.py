@@ -130,6 +130,7 @@ class Broker:
         self.broker_epoch = -1  # czxid of our registration in the current session
         self.leaving = False  # in controlled shutdown: lead until moved, follow nothing
         self.sessions_done = trio.Event()
+        self._served = False  # a first session came up
         self._last_view: ClusterView | None = None
         self._strays: set[tuple[str, int]] = set()
 
@@ -176,6 +177,7 @@ class Broker:
                     started = True
                     backoff = 0.5
                 except BaseException as exc:
+                    started = started or self._served
                     if not started or not _only(exc, (ConnectionFailedError, BrokerResponseError)):
                         raise
                     self.log.warning("coordinator_session_failed", error=str(exc), retry_s=backoff)
@@ -229,6 +231,7 @@ class Broker:
                     candidacy_done.set()
                 if task_status is not None:
                     task_status.started()
+                self._served = True  # from now on a lost session is replaced, not fatal
                 async with trio.open_nursery() as waiters:
 
                     async def wait_and_cancel(event: trio.Event) -> None:
