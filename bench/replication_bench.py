@@ -1,6 +1,6 @@
 """`make bench-replication`: replicated produce throughput and leader failover.
 
-Three brokers (and a coordinator ensemble) as real processes on this machine, 100-byte
+Three brokers and a 3-node coordinator ensemble as real processes on this machine, 100-byte
 records:
 
 - throughput: a topic with replication factor 3 and min.insync.replicas 2, produced with
@@ -109,7 +109,7 @@ def main() -> None:
     console = Console(stderr=True)
     results: dict[str, Any] = {"records": args.records, "record_size": args.record_size}
     with tempfile.TemporaryDirectory(prefix="minibroker-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp), brokers=3).start()
+        cluster = LocalCluster(Path(tmp), brokers=3, coordinators=3).start()
         try:
             results["produce"] = throughput(cluster, args, console)
             results["failover_s"] = failover(cluster, args.failovers, console)
