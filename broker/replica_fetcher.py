@@ -87,22 +87,34 @@ class ReplicaFetcher:
     async def _fetch_loop(self, stream: trio.SocketStream) -> None:
         conn = ClientConnection(f"replica-fetcher-{self.manager.broker_id}")
         config = self.manager.config
+        # A partition error right after a leader change usually means the new leader has
+        # not seen its own state change yet (NOT_LEADER, UNKNOWN_LEADER_EPOCH): retry soon,
+        # backing off to replica.fetch.backoff.ms, rather than sitting out a whole second
+        # of acks=all unavailability.
+        backoff = config.replica_fetch_backoff_ms / 1000
+        delay = min(0.05, backoff)
         while True:
             epochs = self._epoch_request()
             if epochs is not None:
                 reply = await self._call(stream, conn, epochs)
                 assert isinstance(reply, m.OffsetForLeaderEpochResponse)
                 if not self._truncate(reply):
-                    await self._pause(config.replica_fetch_backoff_ms / 1000)
+                    await self._pause(delay)
+                    delay = min(delay * 2, backoff)
+                else:
+                    delay = min(0.05, backoff)
                 continue
             request = self._request()
             if request is None:
-                await self._pause(config.replica_fetch_backoff_ms / 1000)
+                await self._pause(backoff)
                 continue
             response = await self._call(stream, conn, request)
             assert isinstance(response, m.FetchResponse)
             if not self._apply(response):
-                await self._pause(config.replica_fetch_backoff_ms / 1000)
+                await self._pause(delay)
+                delay = min(delay * 2, backoff)
+            else:
+                delay = min(0.05, backoff)
 
     @staticmethod
     async def _call(
