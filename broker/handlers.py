@@ -4,13 +4,14 @@ Per-partition failures become error codes in the response; only a bug escapes as
 exception (the connection layer answers UNKNOWN_SERVER_ERROR and logs it). Produce and fetch
 touch record batches as opaque bytes: the log validates headers and CRCs and assigns
 offsets, fetch answers with file slices that the connection layer ``sendfile``s.
+The topic-level requests (CreateTopics, DeleteTopics, DescribeConfigs, metadata
+auto-create) are served by broker/topic_admin.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,46 +19,37 @@ import structlog
 import trio
 
 from broker import controller_api
-from broker import zk_layout as zl
 from broker.config import BrokerConfig
 from broker.controller import Controller
 from broker.listeners import CURRENT_LISTENER
 from broker.log import Log, LogManager
-from broker.log.config import LogConfig
 from broker.metadata_cache import ClusterView, MetadataCache
 from broker.partition_logs import open_partition_log
 from broker.producer_ids import ProducerIdManager
 from broker.purgatory import FetchPurgatory
 from broker.replica_manager import ReplicaManager
 from broker.replication import LeaderState
-from broker.topics import INTERNAL_TOPICS, assign_replicas, validate_topic_name
-from coordinator.client import CoordinatorClient, CreateOp, DeleteOp
+from broker.topic_admin import TopicAdmin, topic_log_config, view_with
+from broker.topics import INTERNAL_TOPICS
+from coordinator.client import CoordinatorClient
 from proto import messages as m
 from proto.codec import FileRecords
 from proto.errors import (
-    BrokerRequestTimedOutError,
     BrokerResponseError,
-    ConnectionLossError,
     InvalidRequestError,
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
-    NodeExistsError,
-    NoNodeError,
     NotEnoughReplicasError,
     NotLeaderForPartitionError,
-    OperationTimeoutError,
-    SessionMovedError,
-    TopicAlreadyExistsError,
-    TopicDeletionDisabledError,
     UnknownTopicOrPartitionError,
 )
+
+# topic_log_config is re-exported: the broker opens partition logs with it.
+__all__ = ["Handler", "RequestHandler", "close_file_records", "topic_log_config"]
 
 log = structlog.get_logger("broker.handlers")
 
 Handler = Callable[[Any], Awaitable[m.Response | None]]
-
-# Coordinator errors that mean "not now": the session is moving to another member.
-COORDINATOR_UNAVAILABLE = (ConnectionLossError, OperationTimeoutError, SessionMovedError)
 
 
 def _error(exc: BrokerResponseError) -> tuple[int, str | None]:
@@ -83,15 +75,16 @@ class RequestHandler:
         self.replicas = replicas
         self.controller: Controller | None = None  # set by the broker with its session
         self.producer_ids = ProducerIdManager(config.broker_id, zk)
+        self.topic_admin = TopicAdmin(config, cache, zk)
         self._handlers: dict[type[m.Request], Handler] = {
             m.ApiVersionsRequest: self.api_versions,
             m.MetadataRequest: self.metadata,
             m.ProduceRequest: self.produce,
             m.FetchRequest: self.fetch,
             m.ListOffsetsRequest: self.list_offsets,
-            m.CreateTopicsRequest: self.create_topics,
-            m.DeleteTopicsRequest: self.delete_topics,
-            m.DescribeConfigsRequest: self.describe_configs,
+            m.CreateTopicsRequest: self.topic_admin.create_topics,
+            m.DeleteTopicsRequest: self.topic_admin.delete_topics,
+            m.DescribeConfigsRequest: self.topic_admin.describe_configs,
             m.OffsetForLeaderEpochRequest: self.offset_for_leader_epoch,
             m.ControlledShutdownRequest: self.controlled_shutdown,
             m.ElectLeadersRequest: self.elect_leaders,
@@ -102,43 +95,6 @@ class RequestHandler:
         return await self._handlers[type(request)](request)
 
     # --- helpers --------------------------------------------------------------------
-
-    async def _refresh(self) -> ClusterView:
-        """Reload metadata; while the coordinator is unreachable (a member died and the
-        session is moving to another), answer from the last view instead of failing."""
-        try:
-            return await self.cache.refresh_now()
-        except COORDINATOR_UNAVAILABLE as exc:
-            log.warning("metadata_refresh_failed", error=str(exc))
-            return self.cache.view
-
-    async def _multi(self, ops: list[CreateOp | DeleteOp], timeout_ms: int) -> None:
-        """A coordinator multi, retried across a coordinator failover until ``timeout_ms``.
-
-        Retrying is safe: a multi that did apply makes the retry fail with NodeExists or
-        NoNode, which the callers already turn into the answer a retry deserves.
-        """
-        delay = 0.05
-        with trio.move_on_after(timeout_ms / 1000):
-            while True:
-                try:
-                    await self.zk.multi(ops)
-                    return
-                except COORDINATOR_UNAVAILABLE as exc:
-                    log.warning("coordinator_write_retry", error=str(exc), retry_s=delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-        raise BrokerRequestTimedOutError(f"the coordinator stayed unreachable for {timeout_ms} ms")
-
-    async def _view_with(self, topics: list[str]) -> ClusterView:
-        """The current view, reloaded once if it lacks a topic (created a moment ago)."""
-        view = self.cache.view
-        if any(t not in view.topics for t in topics):
-            view = await self._refresh()
-        return view
-
-    def _topic_config(self, config: dict[str, str]) -> LogConfig:
-        return topic_log_config(self.config.log, config)
 
     def _leader_log(self, view: ClusterView, topic: str, partition: int) -> Log:
         """The local log of a partition this broker leads, or the error that says why not."""
@@ -156,7 +112,9 @@ class RequestHandler:
         if existing is not None:
             return existing
         info_t = view.topics[topic]
-        return open_partition_log(self.logs, info_t, partition, self._topic_config(info_t.config))
+        return open_partition_log(
+            self.logs, info_t, partition, topic_log_config(self.config.log, info_t.config)
+        )
 
     def _leader(self, view: ClusterView, topic: str, partition: int) -> tuple[Log, LeaderState]:
         """The log and leader state of a partition this broker leads."""
@@ -186,9 +144,9 @@ class RequestHandler:
         )
 
     async def metadata(self, req: m.MetadataRequest) -> m.MetadataResponse:
-        view = await self._view_with(req.topics or [])
+        view = await view_with(self.cache, req.topics or [])
         if req.topics and self.config.auto_create_topics_enable:
-            view = await self._auto_create(view, req.topics)
+            view = await self.topic_admin.auto_create(view, req.topics)
         names = sorted(view.topics) if req.topics is None else req.topics
         live = view.brokers
         # Kafka's rule: addresses on the listener this request came in on; a broker without
@@ -226,29 +184,13 @@ class RequestHandler:
         ]
         return m.MetadataResponse(brokers, view.cluster_id, view.controller_id, topics)
 
-    async def _auto_create(self, view: ClusterView, topics: list[str]) -> ClusterView:
-        """auto.create.topics.enable: a metadata request for a missing topic creates it
-        with the broker's num.partitions and default.replication.factor."""
-        created = False
-        for name in topics:
-            if name in view.topics or name in INTERNAL_TOPICS:
-                continue
-            try:
-                await self._create_topic(view, m.CreatableTopic(name, -1, -1), False)
-                created = True
-            except TopicAlreadyExistsError:
-                created = True  # someone else just made it
-            except BrokerResponseError as exc:
-                log.info("auto_create_refused", topic=name, error=str(exc))
-        return await self._refresh() if created else view
-
     # --- Produce --------------------------------------------------------------------
 
     async def produce(self, req: m.ProduceRequest) -> m.ProduceResponse | None:
         """Append as leader. acks=all checks min.insync.replicas before appending (nothing
         written when the ISR is too small), then waits until the HW passes every appended
         batch or ``timeout_ms`` ends."""
-        view = await self._view_with([t.name for t in req.topics])
+        view = await view_with(self.cache, [t.name for t in req.topics])
         acks_ok = req.acks in (0, 1, -1)
         out: list[m.ProduceTopicResponse] = []
         waiting: dict[tuple[str, int], tuple[LeaderState, int]] = {}
@@ -360,7 +302,7 @@ class RequestHandler:
         return m.FetchResponse(0, topics), total, errors
 
     async def fetch(self, req: m.FetchRequest) -> m.FetchResponse:
-        view = await self._view_with([t.name for t in req.topics])
+        view = await view_with(self.cache, [t.name for t in req.topics])
         deadline = trio.current_time() + max(req.max_wait_ms, 0) / 1000
         keys = [(t.name, p.partition) for t in req.topics for p in t.partitions]
         while True:
@@ -375,7 +317,7 @@ class RequestHandler:
     # --- ListOffsets ----------------------------------------------------------------
 
     async def list_offsets(self, req: m.ListOffsetsRequest) -> m.ListOffsetsResponse:
-        view = await self._view_with([t.name for t in req.topics])
+        view = await view_with(self.cache, [t.name for t in req.topics])
         out: list[m.ListOffsetsTopicResponse] = []
         for t in req.topics:
             parts: list[m.ListOffsetsPartitionResponse] = []
@@ -404,7 +346,7 @@ class RequestHandler:
         self, req: m.OffsetForLeaderEpochRequest
     ) -> m.OffsetForLeaderEpochResponse:
         """Where ``leader_epoch`` (or the largest one below it) ends in the leader's log."""
-        view = await self._view_with([t.name for t in req.topics])
+        view = await view_with(self.cache, [t.name for t in req.topics])
         out: list[m.OffsetForLeaderTopicResult] = []
         for t in req.topics:
             parts: list[m.EpochEndOffsetResult] = []
@@ -444,121 +386,12 @@ class RequestHandler:
     async def elect_leaders(self, req: m.ElectLeadersRequest) -> m.ElectLeadersResponse:
         return await controller_api.elect_leaders(self.controller, req)
 
-    # --- CreateTopics / DeleteTopics / DescribeConfigs ------------------------------
-
-    async def create_topics(self, req: m.CreateTopicsRequest) -> m.CreateTopicsResponse:
-        view = await self._refresh()
-        results: list[m.CreatableTopicResult] = []
-        for topic in req.topics:
-            try:
-                await self._create_topic(view, topic, req.validate_only, req.timeout_ms)
-            except BrokerResponseError as exc:
-                results.append(m.CreatableTopicResult(topic.name, exc.code, exc.message))
-                continue
-            results.append(m.CreatableTopicResult(topic.name, 0))
-        if not req.validate_only:
-            await self._refresh()
-        return m.CreateTopicsResponse(results)
-
-    async def _create_topic(
-        self,
-        view: ClusterView,
-        topic: m.CreatableTopic,
-        validate_only: bool,
-        timeout_ms: int = 30_000,
-    ) -> None:
-        validate_topic_name(topic.name)
-        if topic.name in view.topics:
-            raise TopicAlreadyExistsError(f"topic {topic.name!r} already exists")
-        self._topic_config(topic.configs)  # raises InvalidConfigurationError
-        partitions = (
-            topic.num_partitions if topic.num_partitions != -1 else self.config.num_partitions
-        )
-        rf = (
-            topic.replication_factor
-            if topic.replication_factor != -1
-            else self.config.default_replication_factor
-        )
-        assignment = assign_replicas(list(view.brokers), partitions, rf)
-        if validate_only:
-            return
-        ops: list[CreateOp | DeleteOp] = [
-            CreateOp(zl.topic_config_path(topic.name), zl.encode_topic_config(topic.configs)),
-            CreateOp(
-                zl.topic_path(topic.name),
-                zl.TopicAssignment(uuid.uuid4().hex, assignment).encode(),
-            ),
-            CreateOp(zl.partitions_path(topic.name)),
-        ]
-        for p, replicas in assignment.items():
-            # Every replica starts in sync: all logs are empty.
-            state = zl.PartitionState(leader=replicas[0], leader_epoch=0, isr=list(replicas))
-            ops.append(CreateOp(zl.partition_path(topic.name, p)))
-            ops.append(CreateOp(zl.partition_state_path(topic.name, p), state.encode()))
-        try:
-            await self._multi(ops, timeout_ms)
-        except NodeExistsError as exc:
-            raise TopicAlreadyExistsError(f"topic {topic.name!r} already exists") from exc
-        log.info("topic_created", topic=topic.name, partitions=partitions, replication_factor=rf)
-
-    async def delete_topics(self, req: m.DeleteTopicsRequest) -> m.DeleteTopicsResponse:
-        view = await self._refresh()
-        results: list[m.DeletableTopicResult] = []
-        for name in req.topic_names:
-            try:
-                await self._delete_topic(view, name, req.timeout_ms)
-            except BrokerResponseError as exc:
-                results.append(m.DeletableTopicResult(name, exc.code, exc.message))
-                continue
-            results.append(m.DeletableTopicResult(name, 0))
-        await self._refresh()
-        return m.DeleteTopicsResponse(results)
-
-    async def _delete_topic(self, view: ClusterView, name: str, timeout_ms: int = 30_000) -> None:
-        if not self.config.delete_topic_enable:
-            raise TopicDeletionDisabledError("delete.topic.enable is false on this broker")
-        info = view.topics.get(name)
-        if info is None:
-            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
-        ops: list[CreateOp | DeleteOp] = []
-        for p in info.partitions:
-            ops.append(DeleteOp(zl.partition_state_path(name, p)))
-            ops.append(DeleteOp(zl.partition_path(name, p)))
-        ops.append(DeleteOp(zl.partitions_path(name)))
-        ops.append(DeleteOp(zl.topic_path(name)))
-        ops.append(DeleteOp(zl.topic_config_path(name)))
-        try:
-            await self._multi(ops, timeout_ms)
-        except NoNodeError as exc:
-            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist") from exc
-        log.info("topic_deleted", topic=name)
-
-    async def describe_configs(self, req: m.DescribeConfigsRequest) -> m.DescribeConfigsResponse:
-        view = await self._view_with(req.topics)
-        results: list[m.DescribeConfigsResult] = []
-        for name in req.topics:
-            info = view.topics.get(name)
-            if info is None:
-                err = UnknownTopicOrPartitionError.code
-                results.append(
-                    m.DescribeConfigsResult(name, err, {}, [], f"topic {name!r} does not exist")
-                )
-                continue
-            effective = self._topic_config(info.config).to_props()
-            results.append(m.DescribeConfigsResult(name, 0, effective, sorted(info.config)))
-        return m.DescribeConfigsResponse(results)
-
 
 def _failed(
     resp: m.ProducePartitionResponse, exc: BrokerResponseError
 ) -> m.ProducePartitionResponse:
     code, msg = _error(exc)
     return dataclasses.replace(resp, error_code=code, error_message=msg)
-
-
-def topic_log_config(broker_defaults: LogConfig, overrides: dict[str, str]) -> LogConfig:
-    """A topic's effective log config: the broker's defaults overlaid by its overrides."""
-    return LogConfig.from_props(overrides, broker_defaults) if overrides else broker_defaults
 
 
 def close_file_records(resp: m.FetchResponse) -> None:
