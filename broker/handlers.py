@@ -135,13 +135,17 @@ class RequestHandler:
     # --- ApiVersions / Metadata ---------------------------------------------------------
 
     async def api_versions(self, _req: m.ApiVersionsRequest) -> m.ApiVersionsResponse:
+        # Only what this broker answers (the wire knows more: the group APIs, not yet served).
         return m.ApiVersionsResponse(
             0,
             [
-                m.ApiVersionRange(int(k), cls.MIN_VERSION, cls.MAX_VERSION)
-                for k, cls in sorted(m.REQUEST_TYPES.items())
+                m.ApiVersionRange(int(cls.API_KEY), cls.MIN_VERSION, cls.MAX_VERSION)
+                for cls in sorted(self._handlers, key=lambda c: int(c.API_KEY))
             ],
         )
+
+    def handles(self, request: m.Request) -> bool:
+        return type(request) in self._handlers
 
     async def metadata(self, req: m.MetadataRequest) -> m.MetadataResponse:
         view = await view_with(self.cache, req.topics or [])

@@ -55,6 +55,7 @@ from proto.errors import (
     NodeExistsError,
     RemoteProtocolError,
     UnknownServerError,
+    UnsupportedVersionError,
 )
 from proto.messages import UnsupportedRequest
 
@@ -418,6 +419,11 @@ class Broker:
                     conn.receive_data(data)
                     continue
                 header, request = item
+                if not self.handler.handles(request):  # on the wire, not served (yet)
+                    await stream.send_all(
+                        conn.send_error(header.correlation_id, UnsupportedVersionError.code)
+                    )
+                    continue
                 try:
                     response = await self.handler.handle(request)
                 except Exception:

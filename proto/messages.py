@@ -13,56 +13,22 @@ Kafka's protocol so that Kafka's documentation applies.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
+from proto import group_messages as g
+
+# Re-exported: the bases live in proto.api so that proto.group_messages can use them too.
+from proto.api import ApiKey as ApiKey
+from proto.api import Request as Request
+from proto.api import RequestHeader as RequestHeader
+from proto.api import Response as Response
 from proto.codec import FileRecords, Segment, encode_segments, from_wire, packb, to_wire, unpackb
 from proto.errors import RemoteProtocolError, UnsupportedVersionError
 
 LATEST_TIMESTAMP = -1
 EARLIEST_TIMESTAMP = -2
 CONSUMER_REPLICA_ID = -1
-
-
-class ApiKey(enum.IntEnum):
-    PRODUCE = 0
-    FETCH = 1
-    LIST_OFFSETS = 2
-    METADATA = 3
-    CONTROLLED_SHUTDOWN = 7
-    API_VERSIONS = 18
-    CREATE_TOPICS = 19
-    DELETE_TOPICS = 20
-    INIT_PRODUCER_ID = 22
-    OFFSET_FOR_LEADER_EPOCH = 23
-    DESCRIBE_CONFIGS = 32
-    ELECT_LEADERS = 43
-
-
-class Request:
-    """Base of request bodies: each names its api key, versions and response type."""
-
-    __slots__ = ()
-
-    API_KEY: ClassVar[ApiKey]
-    MIN_VERSION: ClassVar[int] = 0
-    MAX_VERSION: ClassVar[int] = 0
-    RESPONSE: ClassVar[type[Response]]
-
-
-class Response:
-    """Base of response bodies."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHeader:
-    api_key: int
-    api_version: int
-    correlation_id: int
-    client_id: str | None
 
 
 # --- ApiVersions ------------------------------------------------------------------------
@@ -518,6 +484,18 @@ REQUEST_TYPES: dict[int, type[Request]] = {
         InitProducerIdRequest,
         ControlledShutdownRequest,
         ElectLeadersRequest,
+        # consumer groups (proto.group_messages)
+        g.FindCoordinatorRequest,
+        g.OffsetCommitRequest,
+        g.OffsetFetchRequest,
+        g.JoinGroupRequest,
+        g.HeartbeatRequest,
+        g.LeaveGroupRequest,
+        g.SyncGroupRequest,
+        g.DescribeGroupsRequest,
+        g.ListGroupsRequest,
+        g.DeleteGroupsRequest,
+        g.OffsetDeleteRequest,
     )
 }
 

@@ -264,3 +264,20 @@ async def test_metadata_does_not_create_topics_by_default(wire: Wire) -> None:
     resp = await wire.call(m.MetadataRequest(["fresh"]))
     assert isinstance(resp, m.MetadataResponse)
     assert resp.topics[0].error_code == UnknownTopicOrPartitionError.code
+
+
+async def test_an_api_on_the_wire_but_not_served_gets_unsupported_version(wire: Wire) -> None:
+    """The group APIs are part of the protocol before the broker serves them: ApiVersions
+    leaves them out, a request gets UNSUPPORTED_VERSION, and the connection goes on."""
+    from proto import group_messages as g
+    from proto.errors import UnsupportedVersionError
+
+    versions = await wire.call(m.ApiVersionsRequest())
+    assert isinstance(versions, m.ApiVersionsResponse)
+    keys = {v.api_key for v in versions.api_keys}
+    assert int(m.ApiKey.PRODUCE) in keys and int(m.ApiKey.FIND_COORDINATOR) not in keys
+    await wire.send(g.FindCoordinatorRequest("my-group"))
+    while (event := wire.conn.next_event()) is None:
+        wire.conn.receive_data(await wire.stream.receive_some(65536))
+    assert event.response is None and event.error_code == UnsupportedVersionError.code
+    assert isinstance(await wire.call(m.MetadataRequest([])), m.MetadataResponse)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto import messages
 from proto.codec import FileRecords
 from proto.connection import ClientConnection, ResponseEvent, ServerConnection
 from proto.errors import RemoteProtocolError, UnsupportedVersionError
@@ -67,7 +67,7 @@ def test_every_message_type_is_registered() -> None:
 
     # slots=True makes a second class; only the one bound in the module is the real one.
     def public(classes: list[type[Any]]) -> set[type[Any]]:
-        return {c for c in classes if getattr(messages, c.__name__, None) is c}
+        return {c for c in classes if getattr(sys.modules[c.__module__], c.__name__, None) is c}
 
     assert public(Request.__subclasses__()) == set(request_classes())
     assert public(Response.__subclasses__()) == set(response_classes())
