@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import random
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from coordinator.config import CoordinatorConfig
@@ -42,6 +41,7 @@ from coordinator.consensus.proposer import (
     REVALIDATE_SESSION,
     Proposer,
 )
+from coordinator.consensus.waiters import Reconnect, Waiter
 from coordinator.consensus.writes import DiskJob, WriteQueue
 from coordinator.engine import NOT_LOCAL, Close, Connect, Engine, Expire, Output, Request, Send
 from coordinator.prepare import MultiAborted, validate_path
@@ -70,25 +70,6 @@ from proto.zk import (
 from proto.zk_peer import ForwardRequest, ForwardResponse, PeerMessage, SessionTouch
 
 __all__ = ["CREATE_SESSION", "REVALIDATE_SESSION", "EnsembleEngine"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Reconnect:
-    """A waiter's body: a client resuming a session, until the leader revalidated it."""
-
-    request: ConnectRequest
-
-
-@dataclass(slots=True)
-class _Waiter:
-    """A client waiting for the member to apply ``index`` (of ``term``, when > 0)."""
-
-    conn_id: int
-    xid: int
-    body: Any  # the request; a ConnectResponse for a new session; a _Reconnect
-    term: int = 0
-    error_code: int = 0
-    abort_index: int = -1
 
 
 class EnsembleEngine(Engine):
@@ -146,9 +127,9 @@ class EnsembleEngine(Engine):
         self.latency = LatencyStats()
         self.storage = None  # type: ignore[assignment]
         self._proposer: Proposer | None = None  # while leading
-        self._awaiting: dict[int, list[_Waiter]] = {}  # index -> waiters
-        self._barriers: list[tuple[int, _Waiter]] = []  # (index, waiter): reply once applied
-        self._fwd: dict[int, _Waiter] = {}  # follower: fwd_id -> waiter
+        self._awaiting: dict[int, list[Waiter]] = {}  # index -> waiters
+        self._barriers: list[tuple[int, Waiter]] = []  # (index, waiter): reply once applied
+        self._fwd: dict[int, Waiter] = {}  # follower: fwd_id -> waiter
         self._next_fwd = 1
         # Leader: ReadIndex ctx -> (src, fwd_id, error code to answer once confirmed).
         self._reads: dict[int, tuple[int, int, int]] = {}
@@ -312,15 +293,15 @@ class EnsembleEngine(Engine):
             sid = self._new_session_id()
             password = secrets.token_bytes(16)
             response = ConnectResponse(PROTOCOL_VERSION, timeout_ms, sid, password)
-            waiter = _Waiter(item.conn_id, 0, response)
+            waiter = Waiter(item.conn_id, 0, response)
             self._route(waiter, sid, CREATE_SESSION, [timeout_ms, password], out, wall_ms)
             return
         # A session may be committed but not applied here yet, or expiring on the leader
         # but not closed here yet: only the leader's answer decides (ZooKeeper's revalidate).
-        waiter = _Waiter(item.conn_id, 0, _Reconnect(req))
+        waiter = Waiter(item.conn_id, 0, Reconnect(req))
         self._route(waiter, req.session_id, REVALIDATE_SESSION, req.password, out, wall_ms)
 
-    def _finish_reconnect(self, w: _Waiter, out: list[Output]) -> None:
+    def _finish_reconnect(self, w: Waiter, out: list[Output]) -> None:
         """The leader answered and we applied up to its index: resume, or refuse."""
         if w.conn_id not in self._live:
             return  # the client went away meanwhile
@@ -375,7 +356,7 @@ class EnsembleEngine(Engine):
             out.append(Send(item.conn_id, self._frame(item.xid, 0, local)))
             return
         opcode = OpCode.SYNC if isinstance(body, SyncRequest) else _opcode(body)
-        waiter = _Waiter(item.conn_id, item.xid, body)
+        waiter = Waiter(item.conn_id, item.xid, body)
         proposer = self._proposer
         if proposer is not None and opcode != OpCode.SYNC and self.node.is_leader:
             # The leader's own client: no wire round trip (``_route`` would encode it).
@@ -385,7 +366,7 @@ class EnsembleEngine(Engine):
         self._route(waiter, sid, opcode, to_wire(body), out, wall_ms)
 
     def _route(
-        self, waiter: _Waiter, sid: int, opcode: int, wire: Any, out: list[Output], wall_ms: int
+        self, waiter: Waiter, sid: int, opcode: int, wire: Any, out: list[Output], wall_ms: int
     ) -> None:
         """Send a write/sync/new session to the leader (ourselves, or by forwarding)."""
         node = self.node
@@ -417,7 +398,7 @@ class EnsembleEngine(Engine):
         self._peer_out.append(PeerMessage(self.config.id, src, reply))
 
     def _submit_local(
-        self, sid: int, opcode: int, wire: Any, waiter: _Waiter | None, wall_ms: int
+        self, sid: int, opcode: int, wire: Any, waiter: Waiter | None, wall_ms: int
     ) -> None:
         proposer = self._proposer
         assert proposer is not None
@@ -448,7 +429,7 @@ class EnsembleEngine(Engine):
 
     # --- outcomes, applying -------------------------------------------------------------
 
-    def _on_outcome(self, w: _Waiter, index: int, term: int, code: int, abort: int) -> None:
+    def _on_outcome(self, w: Waiter, index: int, term: int, code: int, abort: int) -> None:
         w.term, w.error_code, w.abort_index = term, code, abort
         if code == 0 and term > 0:
             self._awaiting.setdefault(index, []).append(w)
@@ -523,7 +504,7 @@ class EnsembleEngine(Engine):
         applied = self.node.log.applied
         while self._barriers and self._barriers[0][0] <= applied:
             _, w = self._barriers.pop(0)
-            if isinstance(w.body, _Reconnect):
+            if isinstance(w.body, Reconnect):
                 self._finish_reconnect(w, out)
                 continue
             if w.error_code:
@@ -544,7 +525,7 @@ class EnsembleEngine(Engine):
                 self.connection_closed(w.conn_id)
                 out.append(Close(w.conn_id, "session_closed"))
 
-    def _fail(self, w: _Waiter, out: list[Output]) -> None:
+    def _fail(self, w: Waiter, out: list[Output]) -> None:
         self.connection_closed(w.conn_id)
         out.append(Close(w.conn_id, "leader_changed"))
 
