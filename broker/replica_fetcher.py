@@ -26,7 +26,7 @@ from proto.connection import ClientConnection
 from proto.errors import BrokerResponseError, MinibrokerError, error_name, for_code
 
 if TYPE_CHECKING:
-    from broker.replica_manager import Key, ReplicaManager
+    from broker.replica_manager import Following, Key, ReplicaManager
 
 log = structlog.get_logger("broker.fetcher")
 
@@ -157,16 +157,22 @@ class ReplicaFetcher:
             replica_id=self.manager.broker_id,
         )
 
+    def _replica(self, key: Key) -> tuple[Following, Log] | None:
+        """This partition's follower state and log, if we still follow it."""
+        following = self.manager.following.get(key)
+        plog = self.manager.logs.get_log(*key)
+        return None if following is None or plog is None else (following, plog)
+
     def _truncate(self, reply: m.OffsetForLeaderEpochResponse) -> bool:
         """Apply the leader's answers; False when none could be used (back off)."""
         ok = False
         for t in reply.topics:
             for p in t.partitions:
                 key = (t.name, p.partition)
-                following = self.manager.following.get(key)
-                plog = self.manager.logs.get_log(t.name, p.partition)
-                if following is None or plog is None or not following.needs_truncation:
+                found = self._replica(key)
+                if found is None or not found[0].needs_truncation:
                     continue
+                following, plog = found
                 if p.error_code:
                     self.log.info(
                         "offset_for_leader_epoch_error",
@@ -237,10 +243,10 @@ class ReplicaFetcher:
         for t in response.topics:
             for p in t.partitions:
                 key = (t.name, p.partition)
-                following = self.manager.following.get(key)
-                plog = self.manager.logs.get_log(t.name, p.partition)
-                if following is None or plog is None or key not in self._partitions:
+                found = self._replica(key)
+                if found is None or key not in self._partitions:
                     continue  # the view moved on while the fetch was in flight
+                following, plog = found
                 if p.error_code:
                     self.log.info(
                         "replica_fetch_partition_error",
