@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from broker.group.events import GroupConfig
 from broker.listeners import (
     DEFAULT_LISTENER_NAME,
     Endpoint,
@@ -81,6 +82,22 @@ _CONTROLLER_INT_SETTINGS: dict[str, tuple[int, int]] = {
 }
 _CONTROLLER_BOOL_SETTINGS = ("controlled.shutdown.enable", "auto.leader.rebalance.enable")
 
+# The group coordinator (Kafka's names): name -> (low, high) bounds. group.max.size is
+# Kafka's Int.MaxValue by default: unset here means unlimited.
+_GROUP_SETTINGS: dict[str, tuple[int, int]] = {
+    "offsets.topic.num.partitions": (1, 100_000),
+    "offsets.topic.replication.factor": (1, 1000),
+    "offsets.topic.segment.bytes": (14, 2**31 - 1),
+    "offsets.retention.minutes": (1, 2**31 - 1),
+    "offsets.retention.check.interval.ms": (1, 2**31 - 1),
+    "offsets.commit.timeout.ms": (1, 2**31 - 1),
+    "offset.metadata.max.bytes": (0, 2**31 - 1),
+    "group.min.session.timeout.ms": (1, 2**31 - 1),
+    "group.max.session.timeout.ms": (1, 2**31 - 1),
+    "group.initial.rebalance.delay.ms": (0, 2**31 - 1),
+    "group.max.size": (1, 2**31 - 1),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
@@ -125,6 +142,18 @@ class BrokerConfig:
     auto_leader_rebalance_enable: bool = True
     leader_imbalance_check_interval_seconds: int = 300
     leader_imbalance_per_broker_percentage: int = 10
+    # The group coordinator (broker/group_coordinator/), Kafka's defaults.
+    offsets_topic_num_partitions: int = 50
+    offsets_topic_replication_factor: int = 3  # created with min(this, live brokers)
+    offsets_topic_segment_bytes: int = 104_857_600
+    offsets_retention_minutes: int = 10_080
+    offsets_retention_check_interval_ms: int = 600_000
+    offsets_commit_timeout_ms: int = 5_000
+    offset_metadata_max_bytes: int = 4_096
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000
+    group_initial_rebalance_delay_ms: int = 3_000
+    group_max_size: int | None = None
     log: LogConfig = field(default_factory=LogConfig)
     settings: dict[str, str] = field(default_factory=dict)
 
@@ -161,6 +190,8 @@ class BrokerConfig:
                 own[name.replace(".", "_")] = _int(name, value, *_CONTROLLER_INT_SETTINGS[name])
             elif name in _CONTROLLER_BOOL_SETTINGS:
                 own[name.replace(".", "_")] = _bool(name, value)
+            elif name in _GROUP_SETTINGS:
+                own[name.replace(".", "_")] = _int(name, value, *_GROUP_SETTINGS[name])
             elif name == "broker.rack":
                 own["rack"] = value
             elif name in ("listeners", "advertised.listeners"):
@@ -183,7 +214,21 @@ class BrokerConfig:
         log = LogConfig.from_broker_props(log_props)
         config = cls(broker_id=broker_id, log=log, settings=dict(settings), **own, **kw)  # type: ignore[arg-type]
         config.listener_plan  # noqa: B018 - validates the listener settings together, now
+        config.group_config  # noqa: B018 - and the group session bounds
         return config
+
+    @property
+    def group_config(self) -> GroupConfig:
+        """The group.* settings, as the group state machine takes them."""
+        try:
+            return GroupConfig(
+                self.group_min_session_timeout_ms,
+                self.group_max_session_timeout_ms,
+                self.group_initial_rebalance_delay_ms,
+                self.group_max_size,
+            )
+        except ValueError as exc:
+            raise InvalidConfigurationError(f"group settings: {exc}") from None
 
     @property
     def listener_plan(self) -> ListenerPlan:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -44,6 +44,9 @@ from proto.errors import (
     UnknownTopicOrPartitionError,
 )
 
+if TYPE_CHECKING:
+    from broker.group_coordinator import GroupCoordinator
+
 # topic_log_config is re-exported: the broker opens partition logs with it.
 __all__ = ["Handler", "RequestHandler", "close_file_records", "topic_log_config"]
 
@@ -65,6 +68,7 @@ class RequestHandler:
         zk: CoordinatorClient,
         purgatory: FetchPurgatory,
         replicas: ReplicaManager,
+        groups: GroupCoordinator | None = None,
     ) -> None:
         self.broker_id = config.broker_id
         self.config = config
@@ -90,6 +94,8 @@ class RequestHandler:
             m.ElectLeadersRequest: self.elect_leaders,
             m.InitProducerIdRequest: self.init_producer_id,
         }
+        if groups is not None:  # the consumer-group APIs, served by the broker's coordinator
+            self._handlers.update(groups.handlers())
 
     async def handle(self, request: m.Request) -> m.Response | None:
         return await self._handlers[type(request)](request)
@@ -135,7 +141,7 @@ class RequestHandler:
     # --- ApiVersions / Metadata ---------------------------------------------------------
 
     async def api_versions(self, _req: m.ApiVersionsRequest) -> m.ApiVersionsResponse:
-        # Only what this broker answers (the wire knows more: the group APIs, not yet served).
+        # Only what this broker answers (the wire may know more).
         return m.ApiVersionsResponse(
             0,
             [

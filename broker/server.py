@@ -34,6 +34,8 @@ from broker import zk_layout as zl
 from broker.config import BrokerConfig
 from broker.controlled_shutdown import ask_controller, shut_down_controlled
 from broker.controller import Controller, LeaderBalance
+from broker.group_coordinator import GroupCoordinator
+from broker.group_coordinator.context import CLIENT_HOST, CLIENT_ID
 from broker.handlers import RequestHandler, close_file_records, topic_log_config
 from broker.listeners import CURRENT_LISTENER, Endpoint
 from broker.log import LogManager
@@ -124,6 +126,14 @@ class Broker:
             lambda: self.zk,
             lambda overrides: topic_log_config(config.log, overrides),
         )
+        # Groups outlive coordinator sessions: one coordinator for the broker's life.
+        self.group_coordinator = GroupCoordinator(
+            config,
+            self.replicas,
+            self.purgatory,
+            cache=lambda: self.cache,
+            topic_admin=lambda: self.handler.topic_admin,
+        )
         self._zk: CoordinatorClient | None = None
         self._cache: MetadataCache | None = None
         self._handler: RequestHandler | None = None
@@ -158,7 +168,13 @@ class Broker:
         if old_view is not None:
             self._cache.view = old_view  # keep serving the last view until the reload
         self._handler = RequestHandler(
-            self.config, self.logs, self._cache, zk, self.purgatory, self.replicas
+            self.config,
+            self.logs,
+            self._cache,
+            zk,
+            self.purgatory,
+            self.replicas,
+            groups=self.group_coordinator,
         )
 
     async def run_sessions(
@@ -340,6 +356,7 @@ class Broker:
         self._last_view = view
         leading = dict(self.replicas.leaders)
         self.replicas.on_view(self._roles_view(view))
+        self.group_coordinator.roles_changed()  # load/unload __consumer_offsets partitions
         for key, state in leading.items():
             if self.replicas.leaders.get(key) is not state:
                 self.purgatory.notify(key)  # acks=all waiters answer NOT_LEADER_OR_FOLLOWER
@@ -402,6 +419,7 @@ class Broker:
     async def handle_connection(self, stream: trio.SocketStream, listener: str = "") -> None:
         # Metadata answers with the addresses of the listener the request came in on.
         CURRENT_LISTENER.set(listener or self.config.listener_plan.inter_broker)
+        CLIENT_HOST.set(_peer_host(stream))  # JoinGroup records it (Kafka's client host)
         conn_log = self.log.bind(conn_id=next(_conn_ids))
         conn = ServerConnection(self.config.socket_request_max_bytes)
         try:
@@ -419,6 +437,7 @@ class Broker:
                     conn.receive_data(data)
                     continue
                 header, request = item
+                CLIENT_ID.set(header.client_id)
                 if not self.handler.handles(request):  # on the wire, not served (yet)
                     await stream.send_all(
                         conn.send_error(header.correlation_id, UnsupportedVersionError.code)
@@ -469,6 +488,13 @@ class Broker:
             close_file_records(response)
 
 
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return "/" + str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
+
+
 async def _bind(endpoints: tuple[Endpoint, ...]) -> dict[str, list[trio.SocketListener]]:
     """Bind every listener (an empty host: every interface), or none of them."""
     out: dict[str, list[trio.SocketListener]] = {}
@@ -508,6 +534,7 @@ async def serve(
         stop = shutdown if shutdown is not None else trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.replicas.run)
+            await nursery.start(broker.group_coordinator.run)
             await nursery.start(broker.run_sessions, stop)
             nursery.start_soon(broker.housekeeping)
             nursery.start_soon(broker.log_cleaner)

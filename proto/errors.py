@@ -169,6 +169,11 @@ class MessageSizeTooLargeError(BrokerResponseError):
     pass
 
 
+@register(12, "OFFSET_METADATA_TOO_LARGE")
+class OffsetMetadataTooLargeError(BrokerResponseError):
+    """A commit's metadata string is longer than the broker's offset.metadata.max.bytes."""
+
+
 @register(13, "NETWORK_EXCEPTION", retriable=True)
 class NetworkExceptionError(BrokerResponseError):
     pass
@@ -242,6 +247,11 @@ class InvalidSessionTimeoutError(BrokerResponseError):
 @register(27, "REBALANCE_IN_PROGRESS")
 class RebalanceInProgressError(BrokerResponseError):
     pass
+
+
+@register(28, "INVALID_COMMIT_OFFSET_SIZE")
+class InvalidCommitOffsetSizeError(BrokerResponseError):
+    """The commit's records are too large for the offsets topic."""
 
 
 @register(32, "INVALID_TIMESTAMP")
@@ -358,6 +368,11 @@ class FencedInstanceIdError(BrokerResponseError):
 @register(84, "ELECTION_NOT_NEEDED")
 class ElectionNotNeededError(BrokerResponseError):
     """The preferred replica already leads the partition."""
+
+
+@register(86, "GROUP_SUBSCRIBED_TO_TOPIC")
+class GroupSubscribedToTopicError(BrokerResponseError):
+    """OffsetDelete: a member of the active group still subscribes to the topic."""
 
 
 @register(87, "INVALID_RECORD")

@@ -266,18 +266,17 @@ async def test_metadata_does_not_create_topics_by_default(wire: Wire) -> None:
     assert resp.topics[0].error_code == UnknownTopicOrPartitionError.code
 
 
-async def test_an_api_on_the_wire_but_not_served_gets_unsupported_version(wire: Wire) -> None:
-    """The group APIs are part of the protocol before the broker serves them: ApiVersions
-    leaves them out, a request gets UNSUPPORTED_VERSION, and the connection goes on."""
+async def test_api_versions_lists_every_api_on_the_wire(wire: Wire) -> None:
+    """Every request type the protocol defines is served, and ApiVersions says so with
+    each one's version range (the group APIs included, served by the group coordinator)."""
     from proto import group_messages as g
-    from proto.errors import UnsupportedVersionError
 
     versions = await wire.call(m.ApiVersionsRequest())
     assert isinstance(versions, m.ApiVersionsResponse)
-    keys = {v.api_key for v in versions.api_keys}
-    assert int(m.ApiKey.PRODUCE) in keys and int(m.ApiKey.FIND_COORDINATOR) not in keys
-    await wire.send(g.FindCoordinatorRequest("my-group"))
-    while (event := wire.conn.next_event()) is None:
-        wire.conn.receive_data(await wire.stream.receive_some(65536))
-    assert event.response is None and event.error_code == UnsupportedVersionError.code
+    listed = {v.api_key: (v.min_version, v.max_version) for v in versions.api_keys}
+    assert listed == {
+        key: (cls.MIN_VERSION, cls.MAX_VERSION) for key, cls in m.REQUEST_TYPES.items()
+    }
+    found = await wire.call(g.FindCoordinatorRequest("my-group"))
+    assert isinstance(found, g.FindCoordinatorResponse)
     assert isinstance(await wire.call(m.MetadataRequest([])), m.MetadataResponse)
