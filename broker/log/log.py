@@ -371,13 +371,15 @@ class Log:
         return ReadResult(None, start, end)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """First batch (its base offset and max timestamp) whose max timestamp is at or
-        after ``timestamp_ms``; None if there is none."""
+        """The first record (its offset and timestamp) whose timestamp is at or after
+        ``timestamp_ms``; None if there is none. With LogAppendTime a batch's records all
+        carry its max timestamp, so the answer is the batch's base offset."""
         self._check_open()
+        per_record = not self.config.log_append_time
         try:
             for seg in self._segments:
                 if seg.max_timestamp >= timestamp_ms:
-                    found = seg.find_timestamp(timestamp_ms)
+                    found = seg.find_timestamp(timestamp_ms, per_record=per_record)
                     if found is not None:
                         return max(found[0], self._log_start_offset), found[1]
         except OSError as exc:

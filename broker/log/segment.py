@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.log.index import OffsetIndex, TimeIndex
-from proto.batch import BATCH_OVERHEAD, LOG_OVERHEAD, BatchHeader, read_header, validate_batch
+from proto.batch import (
+    BATCH_OVERHEAD,
+    LOG_OVERHEAD,
+    BatchHeader,
+    decode_records,
+    read_header,
+    validate_batch,
+)
 from proto.codec import FileRecords
 from proto.errors import CorruptRecordError, KafkaStorageError
 
@@ -216,12 +223,22 @@ class LogSegment:
             nxt = pos + size
         return FileRecords(self.fd, start, total) if total else None
 
-    def find_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """(base offset, max timestamp) of the first batch whose max timestamp >= ``timestamp``."""
+    def find_timestamp(self, timestamp: int, *, per_record: bool = True) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp``, as
+        Kafka's ListOffsets answers: the time index finds the batch, then that one batch is
+        decoded (the only place outside compaction where the broker reads records, and off
+        the produce/fetch path). ``per_record`` False (LogAppendTime: every record has the
+        batch's max timestamp): the batch's base offset and max timestamp."""
         rel = self.time_index.lookup(timestamp)
-        for _pos, h in self._walk_headers(self.offset_index.lookup(rel)):
-            if h.max_timestamp >= timestamp:
-                return h.base_offset, h.max_timestamp
+        for pos, h in self._walk_headers(self.offset_index.lookup(rel)):
+            if h.max_timestamp < timestamp:
+                continue
+            if per_record and h.record_count > 1:
+                buf = os.pread(self.fd, h.size, pos)
+                for record in decode_records(buf):
+                    if record.timestamp >= timestamp:
+                        return record.offset, record.timestamp
+            return h.base_offset, h.max_timestamp
         return None
 
     def last_header(self) -> BatchHeader | None:

@@ -132,15 +132,17 @@ def test_offset_for_timestamp(tmp_path: Path) -> None:
         ts = 500 if k == 20 else 1000 * k
         log.append(make_batch(10, ts=ts))
     assert log.segment_count > 2
-    assert log.offset_for_timestamp(0) == (0, 1009)
-    assert log.offset_for_timestamp(1009) == (0, 1009)
-    assert log.offset_for_timestamp(1010) == (10, 2009)
-    assert log.offset_for_timestamp(25_000) == (240, 25_009)
-    assert log.offset_for_timestamp(39_009) == (380, 39_009)
+    # the first *record* at or after the time (Kafka's ListOffsets), not its batch
+    assert log.offset_for_timestamp(0) == (0, 1000)
+    assert log.offset_for_timestamp(1005) == (5, 1005)
+    assert log.offset_for_timestamp(1009) == (9, 1009)
+    assert log.offset_for_timestamp(1010) == (10, 2000)
+    assert log.offset_for_timestamp(25_003) == (243, 25_003)
+    assert log.offset_for_timestamp(39_009) == (389, 39_009)
     assert log.offset_for_timestamp(39_010) is None
     log.close()
     reopened = Log.open(log.dir, "t", 0, SMALL, clean=True)
-    assert reopened.offset_for_timestamp(25_000) == (240, 25_009)
+    assert reopened.offset_for_timestamp(25_005) == (245, 25_005)
     reopened.close()
 
 

@@ -53,14 +53,14 @@ def test_read_and_timestamp_lookup_match_brute_force(
             assert res.records.position == pos
             got = records_of(file_bytes(res.records.fd, res.records.position, res.records.size))
             assert next(iter(got)).offset == base
-        # offset_for_timestamp: first batch whose max timestamp >= t
-        maxes: list[tuple[int, int]] = []
+        # offset_for_timestamp: the first record, in log order, whose timestamp >= t
+        stamps: list[tuple[int, int]] = []
         for seg_base in log.segment_base_offsets:
             raw = (log.dir / f"{seg_base:020d}.log").read_bytes()
-            for pos, base, size in batch_positions(log.dir / f"{seg_base:020d}.log"):
-                recs = list(records_of(raw[pos : pos + size]))
-                maxes.append((base, max(r.timestamp for r in recs)))
-        for target in range(min(m for _, m in maxes) - 1, max(m for _, m in maxes) + 2, 7):
-            expected = next(((b, m) for b, m in maxes if m >= target), None)
+            for pos, _base, size in batch_positions(log.dir / f"{seg_base:020d}.log"):
+                stamps += [(r.offset, r.timestamp) for r in records_of(raw[pos : pos + size])]
+        lo, hi = min(t for _, t in stamps), max(t for _, t in stamps)
+        for target in range(lo - 1, hi + 2, 7):
+            expected = next(((o, t) for o, t in stamps if t >= target), None)
             assert log.offset_for_timestamp(target) == expected
         log.close()

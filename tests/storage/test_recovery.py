@@ -111,7 +111,7 @@ def test_index_files_rebuilt_after_unclean_restart(tmp_path: Path, damage: str) 
     assert index.read_bytes() == good_index
     assert timeindex.read_bytes()[: len(good_time)] == good_time
     assert read_all(log) == before
-    assert log.offset_for_timestamp(10_152) == (75, 10_154)
+    assert log.offset_for_timestamp(10_152) == (77, 10_152)
     log.close()
 
 
