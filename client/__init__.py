@@ -4,12 +4,18 @@ Names and settings follow kafka-python. Errors live in ``client.errors``.
 """
 
 from client.accumulator import FutureRecordMetadata
+from client.group.listener import ConsumerRebalanceListener
 from client.sync import Admin, Consumer, Producer
 from client.types import (
     BrokerDescription,
     ClusterDescription,
+    ConsumerGroupDescription,
+    ConsumerGroupListing,
     ConsumerRecord,
+    GroupMemberDescription,
+    GroupPartitionOffsets,
     NewTopic,
+    OffsetAndMetadata,
     OffsetAndTimestamp,
     PartitionDescription,
     RecordMetadata,
@@ -22,9 +28,15 @@ __all__ = [
     "BrokerDescription",
     "ClusterDescription",
     "Consumer",
+    "ConsumerGroupDescription",
+    "ConsumerGroupListing",
+    "ConsumerRebalanceListener",
     "ConsumerRecord",
     "FutureRecordMetadata",
+    "GroupMemberDescription",
+    "GroupPartitionOffsets",
     "NewTopic",
+    "OffsetAndMetadata",
     "OffsetAndTimestamp",
     "PartitionDescription",
     "Producer",

@@ -1,5 +1,5 @@
 """The async admin client: create, delete, list and describe topics; describe the cluster;
-elect preferred leaders.
+elect preferred leaders; consumer groups (``client.group_admin``).
 
 CreateTopics, DeleteTopics and ElectLeaders go to the controller (retried after a metadata
 refresh on NOT_CONTROLLER); the rest go to any broker. Per-topic errors are collected over
@@ -15,6 +15,7 @@ import trio
 
 from client.cluster import Cluster, ConnectionConfig, parse_bootstrap
 from client.errors import BrokerResponseError, IllegalStateError, NotControllerError, for_code
+from client.group_admin import ConsumerGroupAdmin
 from client.lifecycle import BackgroundTasks
 from client.types import (
     BrokerDescription,
@@ -58,8 +59,9 @@ def _raise_first(results: Iterable[tuple[str, int, str | None]], action: str) ->
     raise for_code(code)(detail)
 
 
-class AsyncAdmin:
-    """Topic administration. ``async with AsyncAdmin(bootstrap_servers=...) as admin:``."""
+class AsyncAdmin(ConsumerGroupAdmin):
+    """Topic administration (consumer groups: ``ConsumerGroupAdmin``).
+    ``async with AsyncAdmin(bootstrap_servers=...) as admin:``."""
 
     def __init__(
         self,

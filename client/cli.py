@@ -1,5 +1,5 @@
-"""CLI tools built on the client: topics, leaders, produce, consume and perf (Kafka's tool
-flags and output formats).
+"""CLI tools built on the client: topics, leaders, groups (``client.groups_cli``), produce,
+consume and perf (Kafka's tool flags and output formats).
 
 Every command takes ``--bootstrap-server`` (default ``$MINIBROKER_BOOTSTRAP``, else
 127.0.0.1:9092). A failure a user can cause prints one line and exits non-zero
@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from client import Consumer, Producer, TopicPartition
 from client.admin_cli import run_leaders, run_topics
+from client.groups_cli import register_groups, run_groups
 from proto.errors import InvalidConfigurationError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -41,6 +42,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_leaders(args: argparse.Namespace) -> int:
     return run_leaders(args, _bootstrap(args))
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    return run_groups(args, _bootstrap(args))
 
 
 # --- produce / consume ----------------------------------------------------------------
@@ -385,6 +390,8 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     elect.add_argument("--partition", type=int, default=None, help="needs --topic")
     _add_bootstrap(elect)
     elect.set_defaults(func=cmd_leaders)
+
+    register_groups(sub, _add_bootstrap, cmd_groups)
 
     produce = sub.add_parser("produce", help="send stdin lines as records")
     produce.add_argument("topic")

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from client.assignors import ASSIGNORS, RebalanceProtocol
 from client.cluster import ConnectionConfig, parse_bootstrap
 from client.errors import ConfigurationError
+from client.group.membership import common_rebalance_protocol
 from proto.batch import CODEC_NONE, CODEC_ZSTD
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RECORD_OVERHEAD", "ConsumerConfig", "ProducerConfig"]
@@ -194,6 +196,13 @@ class ProducerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerConfig:
+    """Validated consumer settings; raises ConfigurationError naming the bad setting.
+
+    Group settings follow Kafka's names and defaults. ``enable_auto_commit`` is True by
+    default only with a ``group_id`` (Kafka: asking for it without one is an error). The
+    rebalance timeout a member announces is ``max_poll_interval_ms``, as in Kafka.
+    """
+
     connection: ConnectionConfig
     group_id: str | None = None
     auto_offset_reset: str = "latest"
@@ -205,6 +214,19 @@ class ConsumerConfig:
     consumer_timeout_ms: float = math.inf
     key_deserializer: Deserializer | None = None
     value_deserializer: Deserializer | None = None
+    group_instance_id: str | None = None
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    enable_auto_commit: bool = False
+    auto_commit_interval_ms: int = 5_000
+    partition_assignment_strategy: tuple[str, ...] = ("range", "cooperative-sticky")
+    rebalance_protocol: RebalanceProtocol = RebalanceProtocol.EAGER
+    allow_auto_create_topics: bool = True
+
+    @property
+    def rebalance_timeout_ms(self) -> int:
+        return self.max_poll_interval_ms
 
     @classmethod
     def build(
@@ -225,6 +247,14 @@ class ConsumerConfig:
         consumer_timeout_ms: float = math.inf,
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
+        group_instance_id: str | None = None,
+        session_timeout_ms: int = 45_000,
+        heartbeat_interval_ms: int = 3_000,
+        max_poll_interval_ms: int = 300_000,
+        enable_auto_commit: bool | None = None,
+        auto_commit_interval_ms: int = 5_000,
+        partition_assignment_strategy: str | Sequence[str] = ("range", "cooperative-sticky"),
+        allow_auto_create_topics: bool = True,
     ) -> ConsumerConfig:
         if auto_offset_reset not in ("latest", "earliest", "none"):
             raise ConfigurationError(
@@ -236,6 +266,10 @@ class ConsumerConfig:
                 "max_poll_records": max_poll_records,
                 "fetch_max_bytes": fetch_max_bytes,
                 "max_partition_fetch_bytes": max_partition_fetch_bytes,
+                "session_timeout_ms": session_timeout_ms,
+                "heartbeat_interval_ms": heartbeat_interval_ms,
+                "max_poll_interval_ms": max_poll_interval_ms,
+                "auto_commit_interval_ms": auto_commit_interval_ms,
             }
         )
         _check_non_negative(
@@ -248,6 +282,29 @@ class ConsumerConfig:
         _check_callables(
             {"key_deserializer": key_deserializer, "value_deserializer": value_deserializer}
         )
+        for name, ident in (("group_id", group_id), ("group_instance_id", group_instance_id)):
+            if ident is not None and (type(ident) is not str or not ident.strip()):
+                raise ConfigurationError(f"{name} must be None or a non-empty str, not {ident!r}")
+        if group_instance_id is not None and group_id is None:
+            raise ConfigurationError("group_instance_id needs a group_id")
+        if heartbeat_interval_ms >= session_timeout_ms:
+            raise ConfigurationError(
+                f"heartbeat_interval_ms ({heartbeat_interval_ms}) must be lower than "
+                f"session_timeout_ms ({session_timeout_ms})"
+            )
+        if enable_auto_commit is None:
+            enable_auto_commit = group_id is not None
+        elif type(enable_auto_commit) is not bool:
+            raise ConfigurationError(
+                f"enable_auto_commit must be True, False or None, not {enable_auto_commit!r}"
+            )
+        elif enable_auto_commit and group_id is None:
+            raise ConfigurationError("enable_auto_commit=True needs a group_id to commit to")
+        if type(allow_auto_create_topics) is not bool:
+            raise ConfigurationError(
+                f"allow_auto_create_topics must be True or False, not {allow_auto_create_topics!r}"
+            )
+        strategy = _assignment_strategy(partition_assignment_strategy)
         conn = _connection(
             bootstrap_servers, client_id, request_timeout_ms, retry_backoff_ms, metadata_max_age_ms
         )
@@ -263,4 +320,33 @@ class ConsumerConfig:
             consumer_timeout_ms=consumer_timeout_ms,
             key_deserializer=key_deserializer,
             value_deserializer=value_deserializer,
+            group_instance_id=group_instance_id,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+            enable_auto_commit=enable_auto_commit,
+            auto_commit_interval_ms=auto_commit_interval_ms,
+            partition_assignment_strategy=strategy,
+            rebalance_protocol=common_rebalance_protocol(strategy),
+            allow_auto_create_topics=allow_auto_create_topics,
         )
+
+
+def _assignment_strategy(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Assignor names from client.assignors, in order of preference (a str is one name)."""
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not names:
+        raise ConfigurationError(
+            f"partition_assignment_strategy must name at least one assignor, not {value!r}"
+        )
+    out: list[str] = []
+    for name in names:
+        if name not in ASSIGNORS:
+            raise ConfigurationError(
+                f"partition_assignment_strategy: unknown assignor {name!r} "
+                f"(known: {', '.join(sorted(ASSIGNORS))})"
+            )
+        if name in out:
+            raise ConfigurationError(f"partition_assignment_strategy names {name!r} twice")
+        out.append(name)
+    return tuple(out)

@@ -9,7 +9,8 @@ Import from here (``from client.errors import NotLeaderForPartitionError``). Hie
     │   ├── ConnectionFailedError            refused, reset, or closed with requests pending
     │   ├── RequestTimedOutError             no response within request_timeout_ms
     │   ├── NoBrokersAvailableError          no bootstrap server answered
-    │   └── TimeoutExpiredError              a local wait (future.get, flush) ran out
+    │   ├── TimeoutExpiredError              a local wait (future.get, flush) ran out
+    │   └── CommitFailedError                the group rebalanced without this member
     └── BrokerResponseError                  one subclass per wire code (see proto.errors)
 
 ``BrokerResponseError.retriable`` and ``ClientError.retriable`` say whether the producer
@@ -33,19 +34,25 @@ from proto.errors import (
     CoordinatorNotAvailableError,
     CorruptRecordError,
     DuplicateSequenceNumberError,
+    FencedInstanceIdError,
     FencedLeaderEpochError,
+    GroupMaxSizeReachedError,
     IllegalGenerationError,
+    InconsistentGroupProtocolError,
     InvalidConfigurationError,
     InvalidFetchSizeError,
+    InvalidGroupIdError,
     InvalidPartitionsError,
     InvalidRecordError,
     InvalidReplicationFactorError,
     InvalidRequestError,
     InvalidRequiredAcksError,
+    InvalidSessionTimeoutError,
     InvalidTimestampError,
     InvalidTopicError,
     KafkaStorageError,
     LeaderNotAvailableError,
+    MemberIdRequiredError,
     MessageSizeTooLargeError,
     MinibrokerError,
     NetworkExceptionError,
@@ -89,6 +96,7 @@ __all__ = [
     "BrokerRequestTimedOutError",
     "BrokerResponseError",
     "ClientError",
+    "CommitFailedError",
     "ConfigurationError",
     "ConnectionFailedError",
     "ConnectionLossError",
@@ -96,20 +104,26 @@ __all__ = [
     "CoordinatorNotAvailableError",
     "CorruptRecordError",
     "DuplicateSequenceNumberError",
+    "FencedInstanceIdError",
     "FencedLeaderEpochError",
+    "GroupMaxSizeReachedError",
     "IllegalGenerationError",
     "IllegalStateError",
+    "InconsistentGroupProtocolError",
     "InvalidConfigurationError",
     "InvalidFetchSizeError",
+    "InvalidGroupIdError",
     "InvalidPartitionsError",
     "InvalidRecordError",
     "InvalidReplicationFactorError",
     "InvalidRequestError",
     "InvalidRequiredAcksError",
+    "InvalidSessionTimeoutError",
     "InvalidTimestampError",
     "InvalidTopicError",
     "KafkaStorageError",
     "LeaderNotAvailableError",
+    "MemberIdRequiredError",
     "MessageSizeTooLargeError",
     "MinibrokerError",
     "NetworkExceptionError",
@@ -158,5 +172,15 @@ class IllegalStateError(MinibrokerError):
 
 class TimeoutExpiredError(ClientError):
     """A local wait ran out: ``future.get(timeout)``, ``flush(timeout)``, buffer memory."""
+
+    retriable: ClassVar[bool] = False
+
+
+class CommitFailedError(ClientError):
+    """An offset commit the group refused because this member is no longer part of it
+    (Kafka's CommitFailedException): the group rebalanced and gave its partitions to
+    others, most often because the time between two poll() calls exceeded
+    max_poll_interval_ms. Not retriable: the records since the last commit will be read
+    again by the partitions' new owners; poll() rejoins the group."""
 
     retriable: ClassVar[bool] = False

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import trio
 
@@ -27,8 +28,11 @@ from client.logs import get_logger
 from client.producer import AsyncProducer
 from client.types import (
     ClusterDescription,
+    ConsumerGroupDescription,
+    ConsumerGroupListing,
     ConsumerRecord,
     NewTopic,
+    OffsetAndMetadata,
     OffsetAndTimestamp,
     TopicDescription,
     TopicPartition,
@@ -298,7 +302,7 @@ class Consumer:
     """Blocking consumer; same settings as ``client.aio.AsyncConsumer``."""
 
     def __init__(self, *topics: str, **configs: Any) -> None:
-        self._ac = AsyncConsumer(*topics, **configs)
+        self._ac = AsyncConsumer(*topics, _blocking=True, **configs)
         self._loop = _LoopThread(self._ac, "minibroker-consumer")
         self._iter_buffer: deque[ConsumerRecord] = deque()
 
@@ -318,8 +322,52 @@ class Consumer:
 
         return self._loop.run(call)
 
-    def subscribe(self, *args: Any, **kwargs: Any) -> None:
-        self._ac.subscribe(*args, **kwargs)
+    def subscribe(
+        self,
+        topics: Iterable[str] | str | None = None,
+        pattern: str | re.Pattern[str] | None = None,
+        listener: object | None = None,
+    ) -> None:
+        """Join the group for ``topics`` or a ``pattern``. The listener's callbacks run in
+        a worker thread during poll(); they may call this consumer (commit() ...)."""
+        self._sync(lambda: self._ac.subscribe(topics, pattern, listener))
+
+    def unsubscribe(self) -> None:
+        self._iter_buffer.clear()
+        self._loop.run(self._ac.unsubscribe)
+
+    def subscription(self) -> set[str]:
+        return self._sync(self._ac.subscription)
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None
+    ) -> None:
+        """Commit (default: every consumed position) and wait for the acknowledgement."""
+        self._loop.run(self._ac.commit, offsets)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None,
+        callback: Callable[[dict[TopicPartition, OffsetAndMetadata], Exception | None], Any]
+        | None = None,
+    ) -> None:
+        """Queue a commit; ``callback`` runs in a worker thread during a later poll()."""
+        self._sync(lambda: self._ac.commit_async(offsets, callback))
+
+    @overload
+    def committed(self, partitions: TopicPartition) -> OffsetAndMetadata | None: ...
+
+    @overload
+    def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata | None]: ...
+
+    def committed(
+        self, partitions: TopicPartition | Iterable[TopicPartition]
+    ) -> OffsetAndMetadata | dict[TopicPartition, OffsetAndMetadata | None] | None:
+        if isinstance(partitions, TopicPartition):
+            return self._loop.run(self._ac.committed, partitions)
+        return self._loop.run(self._ac.committed, list(partitions))
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         tps = list(partitions)
@@ -439,6 +487,31 @@ class Admin:
             functools.partial(self._aa.describe_configs, overrides_only=overrides_only),
             list(topics),
         )
+
+    # consumer groups (client.group_admin)
+
+    def list_consumer_groups(
+        self, states: Iterable[str] | None = None
+    ) -> list[ConsumerGroupListing]:
+        return self._loop.run(self._aa.list_consumer_groups, states)
+
+    def describe_consumer_groups(self, group_ids: Sequence[str]) -> list[ConsumerGroupDescription]:
+        return self._loop.run(self._aa.describe_consumer_groups, list(group_ids))
+
+    def list_consumer_group_offsets(
+        self, group_id: str, partitions: Sequence[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        return self._loop.run(self._aa.list_consumer_group_offsets, group_id, partitions)
+
+    def alter_consumer_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        self._loop.run(self._aa.alter_consumer_group_offsets, group_id, dict(offsets))
+
+    def delete_consumer_groups(
+        self, group_ids: Sequence[str]
+    ) -> dict[str, BrokerResponseError | None]:
+        return self._loop.run(self._aa.delete_consumer_groups, list(group_ids))
 
     def close(self) -> None:
         self._loop.close(self._aa.close)

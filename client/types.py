@@ -13,8 +13,13 @@ from typing import Any, NamedTuple
 __all__ = [
     "BrokerDescription",
     "ClusterDescription",
+    "ConsumerGroupDescription",
+    "ConsumerGroupListing",
     "ConsumerRecord",
+    "GroupMemberDescription",
+    "GroupPartitionOffsets",
     "NewTopic",
+    "OffsetAndMetadata",
     "OffsetAndTimestamp",
     "PartitionDescription",
     "RecordMetadata",
@@ -54,6 +59,14 @@ class OffsetAndTimestamp(NamedTuple):
     timestamp: int
 
 
+class OffsetAndMetadata(NamedTuple):
+    """A committed position: ``offset`` is the next record to consume (Kafka's meaning)."""
+
+    offset: int
+    metadata: str = ""
+    leader_epoch: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class NewTopic:
     name: str
@@ -90,3 +103,52 @@ class ClusterDescription:
     cluster_id: str | None
     controller_id: int
     brokers: list[BrokerDescription]
+
+
+# --- consumer-group administration (client.group_admin) ---------------------------------
+
+
+class ConsumerGroupListing(NamedTuple):
+    """One group as ListGroups reports it; ``state`` is Kafka's name ("Stable", "Empty")."""
+
+    group_id: str
+    state: str
+    protocol_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMemberDescription:
+    """A member of a group. ``assignment`` is decoded only for protocol type "consumer"
+    while the group is Stable (the coordinator sends it only then); else empty."""
+
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    assignment: tuple[TopicPartition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartitionOffsets:
+    """One partition of a group: committed offset, log end offset and lag (log end minus
+    committed). None where unknown: nothing committed, or the log end not readable."""
+
+    topic_partition: TopicPartition
+    committed_offset: int | None
+    log_end_offset: int | None
+    lag: int | None
+    member_id: str | None = None  # the member it is assigned to, if any
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerGroupDescription:
+    """A group's state, members and offsets. A group the coordinator does not know has
+    state "Dead" and nothing else (as Kafka describes it)."""
+
+    group_id: str
+    state: str
+    protocol_type: str
+    protocol: str  # the assignor chosen for this generation ("range", ...); "" if none
+    coordinator: BrokerDescription
+    members: list[GroupMemberDescription] = field(default_factory=list)
+    offsets: list[GroupPartitionOffsets] = field(default_factory=list)

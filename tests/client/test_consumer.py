@@ -168,17 +168,19 @@ async def test_metadata_helpers_and_errors() -> None:
         assert await c.topics() == {"t"}
         assert await c.partitions_for_topic("t") == {0, 1, 2}
         assert await c.partitions_for_topic("missing") is None
-        with pytest.raises(NotImplementedError, match="assign"):
-            c.subscribe(["t"])
+        with pytest.raises(ConfigurationError, match="group_id"):
+            c.subscribe(["t"])  # consumer groups need a group_id
         with pytest.raises(IllegalStateError):
             c.seek(TopicPartition("t", 1), 0)  # not assigned
         with pytest.raises(UnknownTopicOrPartitionError):
             await c.end_offsets([TopicPartition("missing", 0)])
 
 
-def test_group_subscription_not_implemented() -> None:
-    with pytest.raises(NotImplementedError):
-        AsyncConsumer("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+def test_topics_with_a_group_id_subscribe() -> None:
+    c = AsyncConsumer("t", "u", bootstrap_servers="127.0.0.1:1", group_id="g")
+    assert c.subscription() == {"t", "u"}
+    with pytest.raises(IllegalStateError, match="unsubscribe"):
+        c.assign([TP])
 
 
 async def test_blocking_consumer_iteration_stops_after_timeout() -> None:
