@@ -22,6 +22,7 @@ _CLI_MODULES = (
     "coordinator.cli",
     "coordinator.zkcli",
     "client.cli",
+    "chaos.cli",
 )
 
 CommandFunc = Callable[[argparse.Namespace], int]

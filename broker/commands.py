@@ -13,6 +13,16 @@ from pathlib import Path
 
 import trio
 
+from broker.cluster_file import (
+    CLUSTER_FILE,
+    ClusterFile,
+    ClusterProcess,
+    pid_alive,
+    pid_runs,
+    read_cluster_file,
+    terminate_pids,
+    write_cluster_file,
+)
 from broker.config import (
     DEFAULT_BROKER_PORT,
     DEFAULT_COORDINATOR_PORT,
@@ -114,6 +124,10 @@ def run_cluster_up(args: argparse.Namespace) -> int:
     host = "127.0.0.1"
     exe = [sys.executable, "-m", "broker.cli"]
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    ports_of: dict[str, dict[str, int]] = {}  # name -> its ports, for cluster.json
+    # name -> the pid that runs it now: another tool (minibroker chaos) may have restarted
+    # it from its argv and recorded the new pid in cluster.json.
+    current: dict[str, int] = {}
     log_dir = data / "logs"
     log_dir.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -131,9 +145,18 @@ def run_cluster_up(args: argparse.Namespace) -> int:
         brokers = [p for name, p in procs if name.startswith("broker")]
         others = [p for name, p in procs if not name.startswith("broker")]
         for group in (brokers, others):
+            adopted = [
+                current[name]
+                for name, p in procs
+                if p in group
+                and current.get(name, p.pid) != p.pid
+                and pid_runs(current[name], p.args)  # type: ignore[arg-type]
+            ]
+            terminate_pids(adopted)
             for proc in reversed(group):
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signal.SIGCONT)  # a paused one must act on it
             deadline = time.monotonic() + 30
             for proc in reversed(group):
                 try:
@@ -164,6 +187,9 @@ def run_cluster_up(args: argparse.Namespace) -> int:
             if len(cports) > 1:
                 argv += ["--peers", peers]
             coordinators.append(spawn(f"coordinator-{i}", argv))
+            ports_of[f"coordinator-{i}"] = {"client": cport}
+            if len(cports) > 1:
+                ports_of[f"coordinator-{i}"]["peer"] = args.peer_port + i - 1
         for cport, proc in zip(cports, coordinators, strict=True):
             _wait_port(host, cport, time.monotonic() + 30, proc)
         ensemble = ",".join(f"{host}:{p}" for p in cports)
@@ -184,22 +210,58 @@ def run_cluster_up(args: argparse.Namespace) -> int:
             for s in args.set or []:
                 argv += ["--set", s]
             spawn(f"broker-{i}", argv)
+            ports_of[f"broker-{i}"] = {"broker": port}
         for (_name, proc), port in zip(procs[len(cports) :], ports, strict=True):
             _wait_port(host, port, time.monotonic() + 30, proc)
         bootstrap = ",".join(f"{host}:{p}" for p in ports)
+        cluster_json = data / CLUSTER_FILE
+        write_cluster_file(
+            cluster_json,
+            ClusterFile(
+                os.getpid(),
+                bootstrap,
+                ensemble,
+                tuple(
+                    ClusterProcess(
+                        name,
+                        name.partition("-")[0],
+                        int(name.rpartition("-")[2]),
+                        proc.pid,
+                        tuple(proc.args),  # type: ignore[arg-type]
+                        ports_of[name],
+                        str(log_dir / f"{name}.log"),
+                    )
+                    for name, proc in procs
+                ),
+            ),
+        )
+        current.update((name, proc.pid) for name, proc in procs)
         print(f"coordinators: {ensemble}")
         print(f"bootstrap servers: {bootstrap}")
-        print(f"data: {data}  (logs in {log_dir})")
+        print(f"data: {data}  (logs in {log_dir}; processes in {cluster_json})")
         print("Ctrl-C stops the cluster.", flush=True)
         # A process that dies (or is killed on purpose) is reported, not restarted: the
-        # rest of the cluster keeps running, as a real one would.
+        # rest of the cluster keeps running, as a real one would. One restarted by another
+        # tool (its new pid in cluster.json) is watched, and stopped at the end, as ours.
         reported: set[str] = set()
         while True:
+            try:
+                recorded = {p.name: p.pid for p in read_cluster_file(cluster_json).processes}
+            except InvalidConfigurationError:
+                recorded = {}  # removed or damaged: keep what we know
             for name, proc in procs:
-                if proc.poll() is not None and name not in reported:
+                proc.poll()  # reap our own child whatever runs the name now
+                pid = recorded.get(name, current[name])
+                if pid != current[name]:
+                    current[name] = pid
+                    reported.discard(name)
+                    print(f"{name} restarted by another process as pid {pid}", flush=True)
+                alive = proc.returncode is None if pid == proc.pid else pid_alive(pid)
+                if not alive and name not in reported:
                     reported.add(name)
+                    code = f" with code {proc.returncode}" if pid == proc.pid else ""
                     print(
-                        f"{name} exited with code {proc.returncode}; the rest keep running. "
+                        f"{name} exited{code}; the rest keep running. "
                         f"Restart it with: {' '.join(proc.args)}",  # type: ignore[arg-type]
                         file=sys.stderr,
                         flush=True,

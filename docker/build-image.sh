@@ -28,7 +28,7 @@ mkdir -p "$WHEELS"
 # the work tree could carry modules deleted since).
 SRC="$(mktemp -d "${TMPDIR:-/tmp}/minibroker-src.XXXXXX")"
 trap 'rm -rf "$SRC"' EXIT
-tar -c --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md broker client coordinator proto \
+tar -c --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md broker chaos client coordinator proto \
     | tar -x -C "$SRC"
 # A fixed timestamp makes the wheel byte-identical when the sources are, so docker's layer
 # cache holds across runs.

@@ -24,9 +24,11 @@ from tests.checkers.queue import (
     Anomaly,
     AnomalyKind,
     Assign,
+    Commit,
     Duplicate,
     Event,
     FinalRead,
+    GroupSkip,
     InconsistentOffset,
     LostWrite,
     MalformedHistoryError,
@@ -163,6 +165,18 @@ BAD: dict[AnomalyKind, tuple[list[Event], Anomaly]] = {
     AnomalyKind.OFFSET_MISMATCH: (
         [send(0, "a", Acked(5, 0)), final(9, {T0: [(0, "a")], T1: []})],
         OffsetMismatch("a", acked_at=("t", 0, 5), read_at=(("t", 0, 0),)),
+    ),
+    AnomalyKind.GROUP_SKIP: (  # member 10 reads "a" and commits 1; member 11 starts at 2
+        [
+            *(send(0, v, Acked(i, 0)) for i, v in enumerate("abc")),
+            Rebalance(10, 1.0, frozenset({T0}), group="g"),
+            poll(10, {T0: log_of("a")}),
+            Commit(10, "g", 3.0, 4.0, {T0: 1}),
+            Rebalance(11, 5.0, frozenset({T0}), group="g"),
+            poll(11, {T0: [(2, "c")]}),
+            final(9, {T0: log_of(*"abc")}),
+        ],
+        GroupSkip("g", "t", 0, first=1, last=1, count=1, reached=3),
     ),
 }
 

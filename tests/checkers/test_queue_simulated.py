@@ -21,6 +21,7 @@ from tests.checkers.queue import (
     Duplicate,
     Event,
     FinalRead,
+    GroupSkip,
     InconsistentOffset,
     LostWrite,
     NonmonotonicPoll,
@@ -264,6 +265,18 @@ def inject_mismatch(sim: SimulatedLog, rng: random.Random) -> Callable[[Anomaly]
     return lambda a: isinstance(a, OffsetMismatch) and a.value == victim.value
 
 
+def inject_group_skip(sim: SimulatedLog, rng: random.Random) -> Callable[[Anomaly], bool]:
+    """A group "g": member 98 reads a prefix, member 97 takes over past a gap."""
+    tp = rng.choice(sim.tps)
+    log = list(enumerate(sim.logs[tp]))
+    first = rng.randrange(len(log) - 2)
+    resume = rng.randrange(first + 2, len(log))
+    for member, recs in ((98, log[: first + 1]), (97, log[resume:])):
+        sim.events.append(Rebalance(member, sim.tick(), frozenset({tp}), group="g"))
+        sim.events.append(Poll(member, sim.tick(), sim.tick(), {tp: recs}))
+    return lambda a: isinstance(a, GroupSkip) and (a.first, a.last) == (first + 1, resume - 1)
+
+
 INJECTORS: dict[AnomalyKind, Injector] = {
     AnomalyKind.LOST_WRITE: inject_lost,
     AnomalyKind.DUPLICATE: inject_duplicate,
@@ -273,6 +286,7 @@ INJECTORS: dict[AnomalyKind, Injector] = {
     AnomalyKind.UNSEEN: inject_unseen,
     AnomalyKind.ABORTED_READ: inject_aborted,
     AnomalyKind.OFFSET_MISMATCH: inject_mismatch,
+    AnomalyKind.GROUP_SKIP: inject_group_skip,
 }
 
 

@@ -1,15 +1,18 @@
 """The compose cluster as a user runs it: the image built offline, `docker compose up -d`,
 the Python client on the host through the advertised EXTERNAL listeners, and a broker that
-crashes coming back under its restart policy and catching up."""
+crashes coming back under its restart policy and catching up, and a short run of
+`minibroker chaos` against it that must end with no anomaly."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from client import Admin, Consumer, NewTopic, Producer, TopicPartition
-from tests.docker.conftest import BROKERS, SERVICES, ComposeStack, run
+from tests.docker.conftest import BROKERS, COMPOSE_FILE, SERVICES, ComposeStack, run
 
 TOPIC = "docker-events"
 PARTITIONS = 3
@@ -132,3 +135,34 @@ def test_a_crashed_broker_restarts_under_its_policy_and_catches_up(stack: Compos
 
     got = _consume_all(stack.bootstrap, topic, len(written) + len(during))
     assert sorted(got) == sorted(written + during)
+
+
+CHAOS_DURATION_S = 90
+
+
+def test_a_short_chaos_run_on_the_compose_cluster_finds_no_anomaly(
+    stack: ComposeStack, tmp_path: Path
+) -> None:
+    """`minibroker chaos --target compose` as the README runs it: idempotent acks=all
+    producers and a consumer group while every fault kind hits the containers (kill,
+    pause, network partition, restart, coordinator leader kill), then the final read and
+    the check. Exit 0 means the checker found no anomaly of any kind."""
+    out = tmp_path / "chaos"
+    argv = [
+        sys.executable, "-m", "broker.cli", "chaos", "--target", "compose",
+        "--compose-file", str(COMPOSE_FILE), "--compose-project", stack.project,
+        "--bootstrap-servers", stack.bootstrap, "--duration", str(CHAOS_DURATION_S),
+        "--seed", "20", "--faults", "kill,pause,partition,restart,coordinator-kill",
+        "--consumers", "2", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=CHAOS_DURATION_S + 600, check=False
+    )
+    print(done.stdout[-6000:])
+    assert done.returncode == 0, f"chaos run failed:\n{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
+    run_record = json.loads((out / "history.json").read_text())
+    assert run_record["verdict"] == "valid"
+    assert run_record["faults"], "no fault was injected"
+    kinds = {e["type"] for e in run_record["history"]}
+    assert {"send", "poll", "commit", "final-read"} <= kinds, kinds
+    assert (out / "report.html").stat().st_size > 0
