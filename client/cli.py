@@ -80,10 +80,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_consume(args: argparse.Namespace) -> int:
     timeout_ms = args.timeout_ms if args.timeout_ms is not None else float("inf")
+    if args.group is not None and args.partition is not None:
+        raise InvalidConfigurationError("--group and --partition are exclusive: a group member "
+                                        "gets its partitions from the group")  # fmt: skip
     consumer = Consumer(
         bootstrap_servers=_bootstrap(args),
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         consumer_timeout_ms=timeout_ms,
+        group_id=args.group,
     )
     count = 0
     try:
@@ -92,13 +96,19 @@ def cmd_consume(args: argparse.Namespace) -> int:
             from proto.errors import UnknownTopicOrPartitionError
 
             raise UnknownTopicOrPartitionError(f"topic {args.topic!r} does not exist")
-        chosen = [args.partition] if args.partition is not None else sorted(partitions)
-        tps = [TopicPartition(args.topic, p) for p in chosen]
-        consumer.assign(tps)
-        if args.from_beginning:
-            consumer.seek_to_beginning(*tps)
+        if args.group is not None:
+            # kafka-console-consumer --group: a member of the group, starting from the
+            # group's committed offsets (--from-beginning only where it has none), committing
+            # what it printed.
+            consumer.subscribe([args.topic])
         else:
-            consumer.seek_to_end(*tps)
+            chosen = [args.partition] if args.partition is not None else sorted(partitions)
+            tps = [TopicPartition(args.topic, p) for p in chosen]
+            consumer.assign(tps)
+            if args.from_beginning:
+                consumer.seek_to_beginning(*tps)
+            else:
+                consumer.seek_to_end(*tps)
         out = sys.stdout
         for rec in consumer:
             value = rec.value.decode(errors="replace") if rec.value is not None else "null"
@@ -404,6 +414,9 @@ def register_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     consume = sub.add_parser("consume", help="print records")
     consume.add_argument("topic")
     consume.add_argument("--partition", type=int, default=None)
+    consume.add_argument(
+        "--group", default=None, help="consume as a member of this consumer group (commits)"
+    )
     consume.add_argument("--from-beginning", action="store_true")
     consume.add_argument("--max-messages", type=int, default=None)
     consume.add_argument(

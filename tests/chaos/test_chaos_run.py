@@ -107,8 +107,11 @@ def test_a_short_run_on_a_process_cluster_finds_no_anomaly(tmp_path: Path) -> No
 
 
 def test_the_command_refuses_what_it_cannot_do(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # main() would point structlog at this test's captured stderr, which pytest closes
+    # afterwards: every later test's log line would then fail. Leave logging alone.
+    monkeypatch.setattr("broker.cli.configure_logging", lambda *_a, **_k: None)
     assert main(["chaos", "--cluster-dir", str(tmp_path), "--faults", "kill,explode"]) == 2
     assert "unknown fault 'explode'; known: kill, pause, partition" in capsys.readouterr().err
     assert main(["chaos", "--cluster-dir", str(tmp_path), "--duration", "3"]) == 2

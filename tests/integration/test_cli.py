@@ -74,3 +74,23 @@ def test_cli_errors_are_one_line_and_nonzero(cluster: LocalCluster) -> None:
     run_cli(cluster, "topics", "create", "t")
     again = run_cli(cluster, "topics", "create", "t", check=False)
     assert again.returncode != 0 and "TOPIC_ALREADY_EXISTS" in again.stderr
+
+
+def test_cli_consume_as_a_group_goes_on_from_the_committed_offsets(
+    cluster: LocalCluster,
+) -> None:
+    """The README's consumer-group step: `consume --group` commits what it printed, a
+    second run prints only what came after, `groups describe` shows the lag between."""
+    run_cli(cluster, "topics", "create", "orders", "--partitions", "2")
+    run_cli(cluster, "produce", "orders", "--key-separator", ":",
+            stdin="alice:pizza\nbob:sushi\nalice:salad\n")  # fmt: skip
+    group = ("consume", "orders", "--group", "billing", "--print-key", "--timeout-ms", "5000")
+    first = run_cli(cluster, *group, "--from-beginning").stdout.splitlines()
+    assert sorted(first) == sorted(["alice\tpizza", "bob\tsushi", "alice\tsalad"])
+    run_cli(cluster, "produce", "orders", "--key-separator", ":", stdin="carol:tea\n")
+    described = run_cli(cluster, "groups", "describe", "billing").stdout.splitlines()
+    lags = [row.split() for row in described if row.startswith("billing")]
+    assert sorted(int(row[5]) for row in lags) == [0, 1]  # LAG: carol's partition is behind
+    assert run_cli(cluster, *group, "--from-beginning").stdout.splitlines() == ["carol\ttea"]
+    both = run_cli(cluster, *group, "--partition", "0", check=False)
+    assert both.returncode != 0 and "--group and --partition are exclusive" in both.stderr

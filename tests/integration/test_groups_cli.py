@@ -56,20 +56,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def make_topic(cluster: LocalCluster, name: str, counts: list[int], ts0: int = 0) -> None:
-    """A topic with ``counts[p]`` records in partition p. With ``ts0`` record i has
-    timestamp ts0 + i s and a batch of its own (the broker finds offsets by time per
-    batch, so one record per batch makes its answer exact)."""
+    """A topic with ``counts[p]`` records in partition p, batched as the producer likes;
+    with ``ts0`` record i has timestamp ts0 + i s (an offset-by-time lookup must find the
+    record inside its batch, as Kafka's does)."""
     with Admin(cluster.bootstrap) as admin:
         admin.create_topics([NewTopic(name, len(counts), 1)])
-    with Producer(bootstrap_servers=cluster.bootstrap, acks="all") as producer:
-        futures = []
-        for p, n in enumerate(counts):
-            for i in range(n):
-                futures.append(
-                    producer.send(name, b"v", partition=p, timestamp_ms=ts0 + i * 1000 or None)
-                )
-                if ts0:
-                    futures[-1].get()
+    with Producer(bootstrap_servers=cluster.bootstrap, acks="all", linger_ms=50) as producer:
+        futures = [
+            producer.send(name, b"v", partition=p, timestamp_ms=ts0 + i * 1000 or None)
+            for p, n in enumerate(counts)
+            for i in range(n)
+        ]
         producer.flush()
         for f in futures:
             f.get()
