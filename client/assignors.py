@@ -13,8 +13,8 @@ count of each topic to every member's ``Assignment``, with Kafka's names and res
 
 Members sort as Kafka sorts them: static members (by group.instance.id) first, then the
 others by member id. The subscription and assignment travel as the opaque metadata of the
-JoinGroup/SyncGroup: a msgpack array led by a format version; a reader takes the fields it
-knows from a newer version and ignores the rest (fields are only ever appended).
+JoinGroup/SyncGroup; their format is defined once, in ``proto/consumer_protocol.py`` (the
+broker reads subscriptions too), and the functions here only convert to the client's types.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from client.types import TopicPartition
-from proto.codec import from_wire, packb, to_wire, unpackb
-from proto.errors import RemoteProtocolError
+from proto import consumer_protocol as cp
+from proto.consumer_protocol import CONSUMER_PROTOCOL_TYPE
 
 __all__ = [
     "ASSIGNORS",
@@ -47,9 +47,6 @@ __all__ = [
     "range_assign",
     "roundrobin_assign",
 ]
-
-CONSUMER_PROTOCOL_TYPE = "consumer"
-METADATA_VERSION = 0
 
 
 class RebalanceProtocol(enum.Enum):
@@ -292,74 +289,30 @@ COOPERATIVE_STICKY = Assignor(
 ASSIGNORS: Mapping[str, Assignor] = {a.name: a for a in (RANGE, ROUNDROBIN, COOPERATIVE_STICKY)}
 
 
-# -- wire encoding -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _TopicPartitions:
-    topic: str
-    partitions: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class _SubscriptionV0:
-    topics: list[str]
-    owned_partitions: list[_TopicPartitions]
-    user_data: bytes
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class _AssignmentV0:
-    partitions: list[_TopicPartitions]
-    user_data: bytes
-
-
-def _group(tps: Iterable[TopicPartition]) -> list[_TopicPartitions]:
-    by_topic: dict[str, list[int]] = defaultdict(list)
-    for tp in tps:
-        by_topic[tp.topic].append(tp.partition)
-    return [_TopicPartitions(t, sorted(ps)) for t, ps in sorted(by_topic.items())]
-
-
-def _ungroup(groups: Iterable[_TopicPartitions]) -> tuple[TopicPartition, ...]:
-    return tuple(TopicPartition(g.topic, p) for g in groups for p in g.partitions)
-
-
-def _fields(data: bytes, arity: int, what: str) -> list[object]:
-    """The fields after the version, cut to the ones this reader knows."""
-    value = unpackb(data)
-    if type(value) is not list or not value or type(value[0]) is not int or value[0] < 0:
-        raise RemoteProtocolError(f"{what}: expected [version, ...]")
-    if len(value) - 1 < arity:
-        raise RemoteProtocolError(f"{what} v{value[0]}: {len(value) - 1} fields, need {arity}")
-    return value[1 : 1 + arity]
+# -- wire encoding (the format is proto/consumer_protocol.py's) ---------------------------
 
 
 def encode_subscription(sub: Subscription) -> bytes:
-    wire = _SubscriptionV0(
-        list(sub.topics), _group(sub.owned_partitions), sub.user_data, sub.generation
+    wire = cp.ConsumerProtocolSubscription(
+        sub.topics, sub.owned_partitions, sub.user_data, sub.generation
     )
-    return packb([METADATA_VERSION, *to_wire(wire)])
+    return cp.encode_subscription(wire)
 
 
 def decode_subscription(data: bytes, group_instance_id: str | None = None) -> Subscription:
-    wire = from_wire(_SubscriptionV0, _fields(data, 4, "subscription"))
-    owned = _ungroup(wire.owned_partitions)
-    return Subscription(
-        tuple(wire.topics), owned, wire.user_data, wire.generation, group_instance_id
-    )
+    wire = cp.decode_subscription(data)
+    owned = tuple(TopicPartition(t, p) for t, p in wire.owned_partitions)
+    return Subscription(wire.topics, owned, wire.user_data, wire.generation, group_instance_id)
 
 
 def encode_assignment(assignment: Assignment) -> bytes:
-    wire = _AssignmentV0(_group(assignment.partitions), assignment.user_data)
-    return packb([METADATA_VERSION, *to_wire(wire)])
+    return cp.encode_assignment(
+        cp.ConsumerProtocolAssignment(assignment.partitions, assignment.user_data)
+    )
 
 
 def decode_assignment(data: bytes) -> Assignment:
     """An empty assignment may arrive as no bytes at all (the coordinator fills members
     the leader left out with empty bytes)."""
-    if not data:
-        return Assignment(())
-    wire = from_wire(_AssignmentV0, _fields(data, 2, "assignment"))
-    return Assignment(_ungroup(wire.partitions), wire.user_data)
+    wire = cp.decode_assignment(data)
+    return Assignment(tuple(TopicPartition(t, p) for t, p in wire.partitions), wire.user_data)

@@ -2,7 +2,8 @@
 
 A member is what a JoinGroup registered: its ids, timeouts and the protocols it offers
 in order of preference, each with opaque metadata (for consumers, the encoded
-subscription). The coordinator never looks inside metadata or assignments.
+subscription). The coordinator looks inside metadata only to tell whether a restarted
+static consumer asks for what it asked before (``broker/group/subscriptions.py``).
 
 ``Roster`` keeps the bookkeeping consistent (the static map points at members, the leader
 is a member, a handed-out id is never also a member) but decides nothing about phases or
@@ -88,7 +89,8 @@ class Member:
         raise KeyError(f"member {self.member_id} does not support protocol {protocol!r}")
 
     def matches(self, protocols: Protocols) -> bool:
-        """Same protocols, same order, same metadata: a rejoin that changes nothing."""
+        """Same protocols, same order, same metadata bytes: a rejoin that changes nothing
+        (Kafka's MemberMetadata.matches; a cooperative follower's smaller owned set counts)."""
         return self.protocols == protocols
 
     def vote(self, candidates: Iterable[str]) -> str:

@@ -27,6 +27,7 @@ from broker.group.events import (
 from broker.group.members import Member, Protocols
 from broker.group.records import store_error
 from broker.group.state import GroupState, GroupStateMachine, SyncStore
+from broker.group.subscriptions import owes_follow_up_rejoin, same_subscriptions
 from proto.errors import (
     NONE,
     CoordinatorNotAvailableError,
@@ -165,7 +166,9 @@ class Group(GroupStateMachine):
         leadership. In a Stable group with unchanged protocols there is no rebalance: the
         record is stored, then the JoinGroup answered with the current generation and the
         leader id from *before* the rejoin, so the member never computes an assignment a
-        Stable group would not broadcast (Kafka 2.4-3.1).
+        Stable group would not broadcast (Kafka 2.4-3.1). For consumers "unchanged" means
+        the same subscriptions, whatever they own, unless the old incarnation still owed
+        the group a KIP-429 follow-up rejoin.
         """
         old_id = self.roster.static[req.group_instance_id or ""]
         m = self.roster[old_id]
@@ -183,7 +186,12 @@ class Group(GroupStateMachine):
             (m.session_timeout_ms, m.rebalance_timeout_ms),
             self.roster.leader_id or "",
         )
-        unchanged = m.matches(req.protocols)
+        # What it asks for, not what it holds: a restarted consumer owns nothing (see
+        # broker/group/subscriptions.py). Its fresh metadata is stored all the same.
+        unchanged = same_subscriptions(m.protocol_type, m.protocols, req.protocols)
+        if unchanged and self._state is _S.STABLE and self._protocol_name is not None:
+            metadata = m.metadata(self._protocol_name)
+            unchanged = not owes_follow_up_rejoin(m.protocol_type, metadata, m.assignment)
         self._rename(old_id, new_id)
         m.last_heartbeat_ms = self._now
         m.client_id, m.client_host = req.client_id, req.client_host

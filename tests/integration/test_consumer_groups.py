@@ -227,6 +227,49 @@ async def test_a_static_member_restart_moves_nothing(cluster: LocalCluster) -> N
             assert other_listener.events == []  # no revoke, no assign: no rebalance at all
 
 
+def generation(c: AsyncConsumer) -> int | None:
+    """The generation a consumer is settled in (its listener told, no rejoin pending), or
+    None mid-rebalance. Not public API, and DescribeGroups has no generation."""
+    group = c._coordinator
+    assert group is not None
+    stable = group.membership.generation_if_stable()
+    if stable is None or group._rejoin_needed_or_pending():
+        return None
+    return stable.generation_id
+
+
+async def test_a_cooperative_static_member_restart_does_not_rebalance(
+    cluster: LocalCluster,
+) -> None:
+    """Its metadata names what it owns; the new process owns nothing, and the coordinator
+    compares what it asks for, not what it holds."""
+    topic = await new_topic(cluster, 4)
+    coop = {"partition_assignment_strategy": ("cooperative-sticky",)}
+    other_listener = Recorder()
+    other = member(cluster, "coop-static", **coop)
+    other.subscribe([topic], listener=other_listener)
+    static = {**coop, "group_instance_id": "coop-static-1", "session_timeout_ms": 10_000}
+    async with started(other):
+        async with started(member(cluster, "coop-static", topic, **static)) as [s]:
+            await poll_until(
+                [other, s],
+                lambda: (
+                    sizes([other, s]) == [2, 2]
+                    and generation(other) is not None
+                    and generation(other) == generation(s)
+                ),
+            )
+            mine, before = s.assignment(), generation(other)
+            assert before is not None
+        other_listener.events.clear()
+        async with started(member(cluster, "coop-static", topic, **static)) as [s2]:
+            await poll_until([other, s2], lambda: generation(s2) is not None)
+            # A rebalance would have given s2 its partitions in a later generation.
+            assert generation(s2) == generation(other) == before
+            assert s2.assignment() == mine
+            assert other_listener.events == []  # not even an empty assign: no rebalance
+
+
 async def test_a_pattern_subscription_picks_up_a_new_topic(cluster: LocalCluster) -> None:
     prefix = f"orders{next(_names)}"
     first = await new_topic(cluster, 1, prefix)
