@@ -299,7 +299,9 @@ async def test_heartbeat_errors(autojump_clock: trio.testing.MockClock) -> None:
                 await c.poll(timeout_ms=10)
 
 
-async def test_the_group_follows_its_coordinator_to_another_broker() -> None:
+async def test_the_group_follows_its_coordinator_to_another_broker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running_group_cluster(brokers=2, topics={T: 2}) as cluster:
         await produce(cluster, 10, 2)
         a, b = member(cluster, T), member(cluster, T)
@@ -316,7 +318,9 @@ async def test_the_group_follows_its_coordinator_to_another_broker() -> None:
             assert cluster.committed[("g", T, next(iter(a.assignment())).partition)][0] == 5
 
 
-async def test_a_static_member_restarting_within_the_session_causes_no_rebalance() -> None:
+async def test_a_static_member_restarting_within_the_session_causes_no_rebalance(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with running_group_cluster(topics={T: 4}) as cluster:
         other_listener = Recorder()
         other = member(cluster, partition_assignment_strategy="cooperative-sticky")
