@@ -15,8 +15,8 @@ from client.cluster import Cluster
 from client.config import ConsumerConfig
 from client.errors import BrokerResponseError, ClientError, IllegalStateError, OffsetOutOfRangeError
 from client.fetcher import PartitionState
+from client.log_offsets import list_log_offsets
 from client.logs import get_logger
-from client.offset_lookup import list_offsets
 from client.types import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from proto.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 
@@ -119,7 +119,7 @@ class AssignedPartitions:
                     )
             return False
         ts = EARLIEST_TIMESTAMP if reset == "earliest" else LATEST_TIMESTAMP
-        found = await list_offsets(cluster, dict.fromkeys(need, ts))
+        found = await list_log_offsets(cluster, dict.fromkeys(need, ts), strict=True)
         for tp, (offset, _) in found.items():
             st = need[tp]
             if st.position is None:  # unless a seek() raced with us

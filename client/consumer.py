@@ -29,8 +29,8 @@ from client.group.listener import CallbackRunner, check_listener, run_in_thread,
 from client.group.offsets import validate_offsets
 from client.group.subscription import SubscriptionState
 from client.lifecycle import BackgroundTasks
+from client.log_offsets import list_log_offsets
 from client.logs import get_logger
-from client.offset_lookup import list_offsets
 from client.types import (
     ConsumerRecord,
     OffsetAndMetadata,
@@ -293,7 +293,7 @@ class AsyncConsumer:
         tps = list(partitions) or list(self._parts.states)
         for tp in tps:
             self._parts.state(tp)
-        offsets = await list_offsets(self.cluster, {tp: ts for tp in tps})
+        offsets = await list_log_offsets(self.cluster, {tp: ts for tp in tps}, strict=True)
         for tp, (offset, _) in offsets.items():
             self._parts.seek(tp, offset)
         self._wake_fetcher()
@@ -315,11 +315,15 @@ class AsyncConsumer:
     async def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        res = await list_offsets(self.cluster, {tp: EARLIEST_TIMESTAMP for tp in partitions})
+        res = await list_log_offsets(
+            self.cluster, {tp: EARLIEST_TIMESTAMP for tp in partitions}, strict=True
+        )
         return {tp: off for tp, (off, _) in res.items()}
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        res = await list_offsets(self.cluster, {tp: LATEST_TIMESTAMP for tp in partitions})
+        res = await list_log_offsets(
+            self.cluster, {tp: LATEST_TIMESTAMP for tp in partitions}, strict=True
+        )
         return {tp: off for tp, (off, _) in res.items()}
 
     async def offsets_for_times(
@@ -328,7 +332,7 @@ class AsyncConsumer:
         for tp, ts in timestamps.items():
             if ts < 0:
                 raise ConfigurationError(f"timestamp for {tp} must be >= 0, not {ts}")
-        res = await list_offsets(self.cluster, dict(timestamps))
+        res = await list_log_offsets(self.cluster, dict(timestamps), strict=True)
         return {
             tp: OffsetAndTimestamp(off, ts) if off >= 0 else None for tp, (off, ts) in res.items()
         }

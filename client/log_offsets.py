@@ -1,9 +1,10 @@
-"""Log start, log end and offset-by-time lookups for tools: ListOffsets to each partition's
-leader, retried while leadership moves.
+"""Log start, log end and offset-by-time lookups: ListOffsets to each partition's leader,
+retried while leadership moves.
 
-The admin's lag (log end minus committed) and the reset-offsets planner's inputs come from
-here. Unlike the consumer's lookup, a partition that no longer exists (its topic was
-deleted after a group committed to it) can be left out instead of failing the call, so
+The consumer's positions (seek_to_beginning/end, offsets_for_times, auto_offset_reset)
+use it with ``strict``: a partition that does not exist is an error. The admin's lag (log
+end minus committed) and the reset-offsets planner use it without: a partition that no
+longer exists (its topic was deleted after a group committed to it) is left out, so
 ``describe`` still shows the rest of the group.
 """
 
