@@ -111,7 +111,9 @@ def test_a_crashed_broker_restarts_under_its_policy_and_catches_up(stack: Compos
         ["docker", "exec", stack.container(victim), "python", "-c",
          "import os, signal; os.kill(-1, signal.SIGKILL)"],
     )  # fmt: skip
-    assert kill.returncode == 0, kill.stderr
+    # 137: the container stopped (its broker died) before the exec'd process could exit,
+    # which kills that process too; the restart count below shows the crash either way.
+    assert kill.returncode in (0, 137), kill.stderr
 
     # Written while the broker is down or coming back: acks=all with min.insync.replicas=2
     # succeeds on the other two; the restarted broker must fetch all of it.
